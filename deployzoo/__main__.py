@@ -1,0 +1,4 @@
+from deployzoo.cli import main
+import sys
+
+sys.exit(main())

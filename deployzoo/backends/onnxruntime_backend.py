@@ -1,0 +1,69 @@
+"""ONNX Runtime on CPU."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from deployzoo.backends.base import Backend
+from deployzoo.errors import BadInputError
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an exported .onnx with onnxruntime's CPU execution provider.
+
+    ``threads``: intra-op threads (0 = onnxruntime's default, one per physical core).
+    The file's input batch must be ``batch_size`` or free; anything else is refused at load time.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, batch_size: int = 1, threads: int = 0):
+        super().__init__()
+        self.source = str(model_path)
+        if not Path(model_path).is_file():
+            raise BadInputError(model_path, "model file not found")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BadInputError(model_path, f"onnxruntime cannot load it: {exc}") from exc
+        self.threads = threads
+        self.batch_size = batch_size
+        for node in self.session.get_inputs():
+            dims = tuple(d if isinstance(d, int) else None for d in node.shape)
+            if dims and dims[0] is not None and dims[0] != batch_size:
+                raise BadInputError(
+                    model_path,
+                    f"input '{node.name}' is fixed to batch {dims[0]}, but batch {batch_size} was asked for; "
+                    f"export with --batch {batch_size} or --dynamic-batch",
+                )
+            self.input_shapes[node.name] = (batch_size,) + dims[1:] if dims else dims
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_inputs(inputs)
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.input_shapes}
+        results = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, results))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "version": ort.__version__,
+            "device": "CPU",
+            "providers": self.session.get_providers(),
+            "threads": self.threads or f"default ({os.cpu_count()} logical cores)",
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "model": self.source,
+        }
+
+    def close(self) -> None:
+        self.session = None

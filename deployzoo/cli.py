@@ -1,0 +1,340 @@
+"""The ``deployzoo`` command: thin wrappers over the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from deployzoo.errors import DeployzooError
+
+
+def _batch_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got '{text}'")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got '{text}'")
+    return values
+
+
+def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxruntime") -> None:
+    p.add_argument("model", help="registry name (see `deployzoo models`)")
+    p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
+    p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
+    p.add_argument("--backend", default=backend_default, choices=["onnxruntime", "pytorch"])
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from deployzoo.registry import get_spec, model_names
+
+    rows = [("name", "task", "dataset", "input (HxW)", "checkpoint format", "published")]
+    for name in model_names():
+        s = get_spec(name)
+        rows.append((s.name, s.task, s.dataset, f"{s.input_hw[0]}x{s.input_hw[1]}", s.checkpoint_format,
+                     f"{s.published.metric} {s.published.value}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deployzoo.engine import load_model
+    from deployzoo.pipeline import export_model
+    from deployzoo.registry import get_spec
+
+    spec = get_spec(args.model)
+    loaded = load_model(spec, args.checkpoint)
+    _print_weights(loaded, args.verbose)
+    result = export_model(loaded, args.out, batch_size=args.batch, dynamic_batch=args.dynamic_batch)
+    ops = ", ".join(f"{k} x{v}" for k, v in result.op_types.items())
+    batch = "dynamic" if result.batch is None else result.batch
+    print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset}, IR {result.ir_version}, batch {batch})")
+    print(f"checker passed; default-domain ops only: {ops}")
+    return 0
+
+
+def _print_weights(loaded, verbose: bool) -> None:
+    if loaded.mapping_report is None:
+        print(f"note: {loaded.weights}")
+    else:
+        print(loaded.mapping_report.format(verbose=verbose))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from deployzoo.pipeline import open_engine, predict_files
+    from deployzoo.predictions import write_predictions
+    from deployzoo.registry import get_spec
+
+    spec = get_spec(args.model)
+    out = Path(args.out)
+    engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads)
+    if engine.loaded is not None:
+        _print_weights(engine.loaded, args.verbose)
+    records = predict_files(engine, args.images, score_threshold=args.score_thr, max_dets=args.max_dets)
+    path = write_predictions(out / "predictions.json", records)
+    print(f"{len(records)} detections on {len(args.images)} images -> {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from deployzoo.pipeline import dump_infer, evaluate_dataset, fingerprint_file, open_engine
+    from deployzoo.registry import get_spec
+
+    spec = get_spec(args.model)
+    out = Path(args.out or f"runs/eval-{spec.name}")
+    if args.dumps:
+        ids = spec.evaluation.open(args.data).ids
+        infer = dump_infer(spec, args.dumps, ids)
+        fingerprint = {"model": spec.name, "engine": "dumps", "dumps": str(Path(args.dumps).resolve())}
+        describe = {"backend": "vendor dumps", "directory": args.dumps}
+    else:
+        engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads)
+        if engine.loaded is not None:
+            _print_weights(engine.loaded, args.verbose)
+        infer = engine.infer
+        fingerprint = {"model": spec.name, "backend": args.backend, "weights": engine.weights,
+                       "checkpoint": fingerprint_file(args.checkpoint), "onnx": fingerprint_file(engine.onnx_path)}
+        describe = engine.describe()
+    outcome = evaluate_dataset(spec, args.data, infer, args.batch, out, fingerprint, protocol=args.protocol,
+                               resume=args.resume, skip_bad=args.skip_bad, workers=args.workers, limit=args.limit)
+    print(outcome.metrics.table())
+    print()
+    print(f"Stages ({describe.get('backend')}, batch {args.batch}):")
+    print(outcome.run.timer.table())
+    skipped = outcome.summary["images_skipped"]
+    if skipped:
+        print(f"\n{len(skipped)} images skipped as bad input (listed in metrics.json)")
+    print(f"\n{spec.evaluation.metric_name} ({args.protocol} protocol): {outcome.headline:.2f} "
+          f"(published {spec.published.value}: {spec.published.source})")
+    if outcome.run.resumed:
+        print(f"resumed: {outcome.run.resumed} images taken from the interrupted run, {outcome.run.computed} computed now")
+    print(f"wrote {out / 'metrics.json'} and {out / 'detections.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from deployzoo.bench.pure import bench_sweep
+    from deployzoo.bench.report import environment, sweep_table, write_csv, write_json
+    from deployzoo.engine import load_model, make_backend
+    from deployzoo.pipeline import export_model
+    from deployzoo.registry import get_spec
+
+    out = Path(args.out or "runs/bench")
+    target = args.model
+    if target.endswith(".onnx"):
+        from deployzoo.export.onnx_export import read_metadata
+
+        spec = get_spec(read_metadata(target).get("deployzoo.model", ""))
+        onnx_files = {b: Path(target) for b in args.batch}
+        loaded = None
+    else:
+        spec = get_spec(target)
+        loaded = load_model(spec, args.checkpoint)
+        onnx_files = {}
+        if args.backend != "pytorch":
+            for b in args.batch:
+                onnx_files[b] = export_model(loaded, out / f"{spec.name}-b{b}.onnx", batch_size=b).path
+
+    def make(batch: int):
+        model = loaded.model if loaded is not None else None
+        return make_backend(args.backend, spec, batch, onnx_path=onnx_files.get(batch), model=model, threads=args.threads)
+
+    results = bench_sweep(make, args.batch, warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds)
+    print(sweep_table(results))
+    for r in results:
+        if r.ok and r.stats.variation_warning():
+            print(f"warning (batch {r.batch_size}): {r.stats.variation_warning()}")
+    payload = {"model": spec.name, "mode": "pure inference", "environment": environment(),
+               "results": [r.to_dict() for r in results]}
+    write_json(out / "bench.json", payload)
+    write_csv(out / "bench.csv", [_bench_row(spec.name, r) for r in results])
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.csv'}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _bench_row(model: str, r) -> dict:
+    row = {"model": model, "backend": r.name, "precision": r.precision, "batch": r.batch_size, "error": r.error}
+    if r.ok:
+        row.update({k: v for k, v in r.stats.to_dict().items()})
+    return row
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from deployzoo.engine import load_model
+    from deployzoo.pipeline import open_engine
+    from deployzoo.registry import get_spec
+    from deployzoo.verify import compare_engines
+    from deployzoo.bench.report import write_json
+
+    spec = get_spec(args.model)
+    out = Path(args.out or f"runs/compare-{spec.name}")
+    loaded = load_model(spec, args.checkpoint)
+    _print_weights(loaded, args.verbose)
+    engine = open_engine(spec, args.backend, args.batch, onnx_path=args.onnx, work_dir=out, threads=args.threads, loaded=loaded)
+    reference = open_engine(spec, "pytorch", 1, loaded=loaded)
+    items = _compare_items(spec, args, out)
+    agreement = compare_engines(engine, reference, items)
+    print(agreement.table())
+    write_json(out / "compare.json", agreement.to_dict())
+    print(f"wrote {out / 'compare.json'}")
+    return 0 if agreement.ok else 1
+
+
+def _compare_items(spec, args, out: Path):
+    from deployzoo.data.loader import ImageItem, items_from_paths
+
+    if args.images:
+        return items_from_paths(args.images)
+    data = args.data
+    if data is None:
+        data = spec.evaluation.make_synthetic(out / "synthetic-data", num_images=args.num_images)
+        print(f"note: no --data or images given: using {args.num_images} generated synthetic images under {data}")
+    dataset = spec.evaluation.open(data)
+    return [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[: args.num_images]]
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from deployzoo.registry import get_spec
+
+    spec = get_spec(args.model)
+    if args.data_command == "to-bin":
+        from deployzoo.pipeline import write_bins
+
+        paths = list(args.images)
+        if args.data:
+            dataset = spec.evaluation.open(args.data)
+            paths += [str(dataset.image_path(i)) for i in dataset.ids[: args.limit or None]]
+        if not paths:
+            raise DeployzooError("give image files or --data DIR")
+        info, images_info = write_bins(spec, paths, args.out, workers=args.workers)
+        print(f"wrote {len(paths)} .bin files, {info} (network input sizes) and {images_info} (original sizes)")
+        return 0
+    if args.data_command == "synthetic":
+        root = spec.evaluation.make_synthetic(args.out, num_images=args.num_images, seed=args.seed)
+        print(f"wrote a synthetic {spec.evaluation.dataset_name} dataset with {args.num_images} images at {root}")
+        return 0
+    raise DeployzooError(f"unknown data command {args.data_command}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from deployzoo.job import run_main_job
+
+    run_main_job(args.model, out_dir=args.out, checkpoint=args.checkpoint, data=args.data, batch_sizes=args.batch,
+                 eval_batch=args.eval_batch, num_images=args.num_images, protocol=args.protocol,
+                 bench_seconds=args.min_seconds, threads=args.threads, workers=args.workers)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deployzoo", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="print the full checkpoint key mapping, tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the zoo").set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="export a model to ONNX")
+    p.add_argument("model")
+    p.add_argument("--checkpoint")
+    p.add_argument("--out", required=True)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--dynamic-batch", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="detect objects in image files; writes DIR/predictions.json")
+    _add_engine_args(p)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--score-thr", type=float, default=0.0)
+    p.add_argument("--max-dets", type=int, default=None, help="default: everything the original model returns")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="evaluate on the model's dataset")
+    _add_engine_args(p)
+    p.add_argument("--data", required=True, help="dataset root (VOCdevkit for VOC models)")
+    p.add_argument("--out")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--protocol", default="clean", help="clean (default) or refinedet-pytorch (VOC)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--skip-bad", action="store_true", help="skip unusable images/annotations with a warning")
+    p.add_argument("--workers", type=int, default=1, help="preprocessing processes (0 = in the main process)")
+    p.add_argument("--limit", type=int, help="only the first N images of the split")
+    p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="pure-inference benchmark over batch sizes")
+    p.add_argument("model", help="registry name or an exported .onnx")
+    p.add_argument("--checkpoint")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "pytorch"])
+    p.add_argument("--batch", type=_batch_list, default=[1, 4, 8])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10, help="at least this many timed iterations")
+    p.add_argument("--min-seconds", type=float, default=5.0, help="and at least this long")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="engine against the PyTorch model on the same images")
+    _add_engine_args(p)
+    p.add_argument("images", nargs="*")
+    p.add_argument("--data")
+    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("data", help="dataset tools: vendor .bin layout, synthetic datasets")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("to-bin", help="preprocessed images as raw float32 .bin + .info")
+    q.add_argument("model")
+    q.add_argument("images", nargs="*")
+    q.add_argument("--data")
+    q.add_argument("--limit", type=int)
+    q.add_argument("--workers", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_data)
+    q = data_sub.add_parser("synthetic", help="write a small synthetic dataset in the official layout")
+    q.add_argument("model")
+    q.add_argument("--out", required=True)
+    q.add_argument("--num-images", type=int, default=16)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("run", help="the main job: export, compare, evaluate, benchmark, report")
+    p.add_argument("model")
+    p.add_argument("--checkpoint")
+    p.add_argument("--data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=_batch_list, default=[1, 2, 4], help="batch sizes to benchmark")
+    p.add_argument("--eval-batch", type=int, default=4)
+    p.add_argument("--num-images", type=int, default=12, help="synthetic images when no --data")
+    p.add_argument("--protocol", default="clean")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="minimum duration of each benchmark cell")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DeployzooError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished batches are kept; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Engine against reference: per-output errors and one-to-one detection matching.
+
+The tolerances are the project's fidelity rules (shared fixtures README): tensors
+``max|a-b| <= 1e-4 * max(1, max|ref|)``; detections matched one to one with the same label,
+IoU > 0.999 and |score difference| < 1e-4.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deployzoo.structures import Detections
+
+TENSOR_RTOL = 1e-4
+MATCH_IOU = 0.999
+MATCH_SCORE_TOL = 1e-4
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    max_abs: float
+    max_rel: float  # max |a-b| / max(1, max|ref|): the quantity the tolerance bounds
+    tolerance: float
+    ok: bool
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def tensor_diff(name: str, value: np.ndarray, reference: np.ndarray, rtol: float = TENSOR_RTOL) -> TensorDiff:
+    value = np.asarray(value, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if value.shape != reference.shape:
+        return TensorDiff(name, float("inf"), float("inf"), rtol, False)
+    scale = max(1.0, float(np.abs(reference).max(initial=0.0)))
+    max_abs = float(np.abs(value - reference).max(initial=0.0))
+    return TensorDiff(name, max_abs, max_abs / scale, rtol, max_abs <= rtol * scale)
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU [len(a), len(b)] of x1,y1,x2,y2 boxes (no +1), computed in float64."""
+    a = a.astype(np.float64)[:, None, :]
+    b = b.astype(np.float64)[None, :, :]
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / union, np.where((a == b).all(-1), 1.0, 0.0))
+    return iou
+
+
+@dataclass
+class MatchResult:
+    matched: int
+    unmatched_engine: int
+    unmatched_reference: int
+    worst_iou: float  # lowest IoU among matched pairs (1.0 if none)
+    worst_score_diff: float
+    iou_threshold: float = MATCH_IOU
+    score_tolerance: float = MATCH_SCORE_TOL
+    examples: list[dict] = field(default_factory=list)  # a few unmatched detections, for the report
+
+    @property
+    def ok(self) -> bool:
+        return self.unmatched_engine == 0 and self.unmatched_reference == 0
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "ok": self.ok}
+
+
+def match_detections(
+    engine: Detections, reference: Detections, iou_threshold: float = MATCH_IOU, score_tolerance: float = MATCH_SCORE_TOL
+) -> MatchResult:
+    """Match each reference detection to one engine detection (same label, IoU > thr, |ds| < tol).
+
+    Greedy in reference order, choosing the closest score among the candidates; order differences
+    between near-equal scores therefore do not count as mismatches.
+    """
+    used = np.zeros(len(engine), dtype=bool)
+    matched = 0
+    worst_iou, worst_ds = 1.0, 0.0
+    unmatched_ref: list[int] = []
+    for label in np.union1d(np.unique(engine.labels), np.unique(reference.labels)):
+        e_idx = np.flatnonzero(engine.labels == label)
+        r_idx = np.flatnonzero(reference.labels == label)
+        if e_idx.size == 0 or r_idx.size == 0:
+            unmatched_ref += r_idx.tolist()
+            continue
+        iou = pairwise_iou(reference.boxes[r_idx], engine.boxes[e_idx])
+        dscore = np.abs(reference.scores[r_idx, None].astype(np.float64) - engine.scores[None, e_idx])
+        ok = (iou > iou_threshold) & (dscore < score_tolerance)
+        for row, r in enumerate(r_idx):
+            candidates = np.flatnonzero(ok[row] & ~used[e_idx])
+            if candidates.size == 0:
+                unmatched_ref.append(int(r))
+                continue
+            best = candidates[np.argmin(dscore[row, candidates])]
+            used[e_idx[best]] = True
+            matched += 1
+            worst_iou = min(worst_iou, float(iou[row, best]))
+            worst_ds = max(worst_ds, float(dscore[row, best]))
+    examples = [
+        {"side": "reference", "label": int(reference.labels[i]), "score": float(reference.scores[i]),
+         "box": reference.boxes[i].tolist()} for i in unmatched_ref[:3]
+    ] + [
+        {"side": "engine", "label": int(engine.labels[i]), "score": float(engine.scores[i]), "box": engine.boxes[i].tolist()}
+        for i in np.flatnonzero(~used)[:3]
+    ]
+    return MatchResult(matched, int((~used).sum()), len(unmatched_ref), worst_iou, worst_ds,
+                       iou_threshold, score_tolerance, examples)

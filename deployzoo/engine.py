@@ -1,0 +1,89 @@
+"""Glue between a model spec, its weights and a backend: what the commands share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deployzoo.backends.base import Backend
+from deployzoo.errors import DeployzooError
+from deployzoo.registry import ModelSpec
+
+DEFAULT_WEIGHTS_NOTE = (
+    "no checkpoint given: using deterministic stand-in weights (dz-init-v1, seed {seed}); "
+    "outputs and accuracy are NOT those of the trained model"
+)
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: torch.nn.Module
+    weights: str  # the checkpoint path, or a note saying stand-in weights were used
+    mapping_report: object | None = None  # deployzoo.checkpoints.MappingReport when a file was loaded
+
+    @property
+    def is_stand_in(self) -> bool:
+        return self.mapping_report is None
+
+
+def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int = 0) -> LoadedModel:
+    """Build ``spec``'s model and fill it strictly from ``checkpoint`` (or with stand-in weights)."""
+    from deployzoo.checkpoints import load_into_model
+    from deployzoo.checkpoints.synthetic import synthetic_state_dict
+
+    torch.manual_seed(seed)
+    model = spec.build_model()
+    if checkpoint is None:
+        model.load_state_dict(synthetic_state_dict(model, spec.synthetic_gains, seed=seed), strict=True)
+        return LoadedModel(spec, model.eval(), DEFAULT_WEIGHTS_NOTE.format(seed=seed))
+    report = load_into_model(model, checkpoint, spec.checkpoint_rules)
+    return LoadedModel(spec, model.eval(), str(checkpoint), report)
+
+
+def make_backend(
+    name: str,
+    spec: ModelSpec,
+    batch_size: int,
+    onnx_path: str | Path | None = None,
+    model: torch.nn.Module | None = None,
+    threads: int = 0,
+) -> Backend:
+    """A loaded engine by command-line name. ONNX backends need ``onnx_path``; pytorch needs ``model``."""
+    if name == "onnxruntime":
+        if onnx_path is None:
+            raise DeployzooError("the onnxruntime backend needs an exported .onnx file")
+        from deployzoo.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(onnx_path, batch_size=batch_size, threads=threads)
+    if name == "pytorch":
+        if model is None:
+            raise DeployzooError("the pytorch backend needs the model (a checkpoint or stand-in weights)")
+        from deployzoo.backends.pytorch_backend import PyTorchBackend
+
+        return PyTorchBackend(model, spec.input_name, spec.input_hw, spec.output_names, batch_size, threads)
+    from deployzoo.backends import BACKENDS
+
+    raise DeployzooError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+
+
+def stack_batch(images: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, int]:
+    """Stack preprocessed [3,H,W] images into [batch_size,3,H,W], padding a short batch with zeros.
+
+    Returns (batch, number of real images); outputs past that number are padding and must be dropped.
+    """
+    if not images:
+        raise ValueError("empty batch")
+    if len(images) > batch_size:
+        raise ValueError(f"{len(images)} images do not fit a batch of {batch_size}")
+    batch = np.zeros((batch_size, *images[0].shape), dtype=np.float32)
+    for i, image in enumerate(images):
+        batch[i] = image
+    return batch, len(images)
+
+
+def split_outputs(outputs: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """Batched outputs -> one dict per real image (padding rows dropped)."""
+    return [{name: value[i] for name, value in outputs.items()} for i in range(count)]

@@ -1,0 +1,124 @@
+"""ONNX export: a clean graph of default-domain ops, fixed or dynamic batch, with metadata."""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from deployzoo import __version__
+from deployzoo.errors import DeployzooError
+
+DEFAULT_OPSET = 17
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    opset: int
+    ir_version: int
+    batch: int | None  # None = dynamic
+    op_types: dict[str, int]  # op type -> count
+    size_bytes: int
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    spec,
+    out_path: str | Path,
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    extra_metadata: dict[str, str] | None = None,
+) -> ExportResult:
+    """Trace ``model`` (a zoo model in eval mode) to ``out_path`` and check the file.
+
+    Input ``spec.input_name`` float32 [B, 3, H, W] (B fixed, or a named free dim with ``dynamic_batch``);
+    outputs ``spec.output_names``. Raises DeployzooError if the checker fails or a non-default domain op
+    slipped in.
+    """
+    if batch_size < 1:
+        raise DeployzooError(f"batch size must be >= 1, got {batch_size}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = spec.input_hw
+    # A deterministic, image-like trace input; exactness is checked later on different inputs.
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn((batch_size, 3, h, w), generator=generator) * 50.0
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in spec.output_names}}
+    model = model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out_path),
+            input_names=[spec.input_name],
+            output_names=list(spec.output_names),
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(out_path))
+    # onnxruntime refuses the newest IR versions: write the lowest one that supports the opset.
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    metadata = {
+        "deployzoo.version": __version__,
+        "deployzoo.model": spec.name,
+        "deployzoo.task": spec.task,
+        "deployzoo.dataset": spec.dataset,
+        "deployzoo.input": json.dumps({"name": spec.input_name, "layout": "NCHW", "hw": list(spec.input_hw),
+                                       "batch": None if dynamic_batch else batch_size}),
+        "deployzoo.preprocessing": spec.preprocess_description,
+        "deployzoo.class_names": json.dumps(list(spec.class_names)),
+        "deployzoo.outputs": json.dumps({n: spec.output_notes.get(n, "") for n in spec.output_names}),
+        **(extra_metadata or {}),
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "deployzoo"
+    proto.producer_version = __version__
+    onnx.save(proto, str(out_path))
+    check_onnx(out_path)
+    return ExportResult(
+        path=out_path,
+        opset=opset,
+        ir_version=proto.ir_version,
+        batch=None if dynamic_batch else batch_size,
+        op_types=op_type_counts(proto),
+        size_bytes=out_path.stat().st_size,
+    )
+
+
+def op_type_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def check_onnx(path: str | Path) -> None:
+    """onnx.checker (full, with shape inference) and the default-domain-only rule."""
+    path = Path(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise DeployzooError(f"{path}: ONNX checker failed: {exc}") from exc
+    proto = onnx.load(str(path), load_external_data=False)
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in DEFAULT_DOMAINS})
+    if foreign:
+        raise DeployzooError(f"{path}: non-standard ops in the graph: {', '.join(foreign)}")
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,163 @@
+"""The main job: export -> ONNX Runtime -> compare with PyTorch -> evaluate -> benchmark -> report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from deployzoo.bench.pure import bench_sweep
+from deployzoo.bench.report import environment, sweep_table, write_csv, write_json
+from deployzoo.data.loader import ImageItem
+from deployzoo.engine import load_model, make_backend
+from deployzoo.pipeline import evaluate_dataset, export_model, fingerprint_file, open_engine
+from deployzoo.registry import get_spec
+from deployzoo.verify import compare_engines
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_main_job(
+    model_name: str,
+    out_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    data: str | Path | None = None,
+    batch_sizes: Sequence[int] = (1, 2, 4),
+    eval_batch: int = 4,
+    num_images: int = 12,
+    protocol: str = "clean",
+    bench_seconds: float = 3.0,
+    bench_iters: int = 10,
+    compare_images: int = 4,
+    threads: int = 0,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Run every stage on one model and write ``report.md`` and ``report.json`` to ``out_dir``."""
+    t_start = time.perf_counter()
+    spec = get_spec(model_name)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    loaded = load_model(spec, checkpoint)
+    if loaded.is_stand_in:
+        notes.append(f"NOTE: {loaded.weights}.")
+    else:
+        notes.append(f"Weights: {checkpoint} ({loaded.mapping_report.format(verbose=False)})")
+    if data is None:
+        data = spec.evaluation.make_synthetic(out / "synthetic-data", num_images=num_images, seed=0)
+        notes.append(
+            f"NOTE: no dataset given: evaluated on {num_images} generated synthetic images in the "
+            f"{spec.evaluation.dataset_name} layout ({data}); the accuracy is not comparable with the published figure."
+        )
+    for n in notes:
+        _say(n)
+
+    _say("[1/5] export to ONNX (dynamic batch)")
+    exported = export_model(loaded, out / f"{spec.name}.onnx", dynamic_batch=True)
+
+    _say(f"[2/5] compare ONNX Runtime with PyTorch on {compare_images} images")
+    engine = open_engine(spec, "onnxruntime", eval_batch, onnx_path=exported.path, threads=threads, loaded=loaded)
+    reference = open_engine(spec, "pytorch", 1, loaded=loaded)
+    dataset = spec.evaluation.open(data)
+    items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[:compare_images]]
+    agreement = compare_engines(engine, reference, items)
+    _say(agreement.table())
+
+    _say(f"[3/5] evaluate on {spec.evaluation.dataset_name} ({data}) with ONNX Runtime, batch {eval_batch}")
+    fingerprint = {"model": spec.name, "backend": "onnxruntime", "weights": loaded.weights,
+                   "checkpoint": fingerprint_file(checkpoint), "onnx": fingerprint_file(exported.path)}
+    outcome = evaluate_dataset(spec, data, engine.infer, eval_batch, out / "eval", fingerprint, protocol=protocol,
+                               resume=True, workers=workers)
+    engine.backend.close()
+    _say(outcome.metrics.table())
+    _say(outcome.run.timer.table())
+
+    _say(f"[4/5] pure-inference benchmark, batch sizes {list(batch_sizes)}")
+    bench = bench_sweep(
+        lambda b: make_backend("onnxruntime", spec, b, onnx_path=exported.path, threads=threads),
+        batch_sizes, warmup=2, min_iters=bench_iters, min_seconds=bench_seconds,
+    )
+    _say(sweep_table(bench))
+    write_csv(out / "bench.csv", [{"batch": r.batch_size, **(r.stats.to_dict() if r.ok else {"error": r.error})}
+                                  for r in bench])
+
+    _say("[5/5] report")
+    stage_rows = outcome.run.timer.rows()
+    end_to_end = next((r["images_per_s"] for r in stage_rows if r["stage"] == "end to end"), None)
+    pure_at_eval = _pure_throughput_near(bench, eval_batch)
+    ratio = end_to_end / pure_at_eval[1] if end_to_end and pure_at_eval else None
+    report = {
+        "model": spec.name,
+        "notes": notes,
+        "weights": loaded.weights,
+        "stand_in_weights": loaded.is_stand_in,
+        "data": str(data),
+        "synthetic_data": any("synthetic" in n for n in notes),
+        "export": {"path": str(exported.path), "opset": exported.opset, "ir_version": exported.ir_version,
+                   "batch": "dynamic", "op_types": exported.op_types, "size_bytes": exported.size_bytes},
+        "agreement": agreement.to_dict(),
+        "accuracy": {"metric": spec.evaluation.metric_name, "protocol": protocol, "value": outcome.headline,
+                     "published": spec.published.value, "published_source": spec.published.source,
+                     "per_class": outcome.metrics.to_dict()},
+        "stages": outcome.run.timer.to_dict() | {"rows": stage_rows, "batch_size": eval_batch},
+        "pure_inference": [r.to_dict() for r in bench],
+        "end_to_end_over_pure": {"ratio": ratio, "end_to_end_images_per_s": end_to_end,
+                                 "pure_images_per_s": pure_at_eval[1] if pure_at_eval else None,
+                                 "pure_batch": pure_at_eval[0] if pure_at_eval else None},
+        "environment": environment(),
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(_markdown(spec, report, agreement, outcome, bench, ratio, pure_at_eval, eval_batch))
+    _say(f"wrote {out / 'report.md'} and {out / 'report.json'} in {report['wall_seconds']:.0f} s")
+    return report
+
+
+def _pure_throughput_near(bench, batch: int) -> tuple[int, float] | None:
+    ok = [r for r in bench if r.ok]
+    if not ok:
+        return None
+    best = min(ok, key=lambda r: (abs(r.batch_size - batch), -r.batch_size))
+    return best.batch_size, best.stats.throughput
+
+
+def _markdown(spec, report, agreement, outcome, bench, ratio, pure_at_eval, eval_batch) -> str:
+    env = report["environment"]
+    acc = report["accuracy"]
+    lines = [f"# deployzoo report: {spec.name}", ""]
+    lines += [f"> {n}" for n in report["notes"]] + [""]
+    lines += [
+        f"Date {env.get('date')}; machine: {env.get('cpu_model')}, {env.get('logical_cores')} logical cores; "
+        f"python {env.get('python')}; versions {env.get('versions')}.",
+        "",
+        "## Accuracy",
+        "",
+        f"**{acc['metric']} = {acc['value']:.2f}** ({acc['protocol']} protocol) on {report['data']}; "
+        f"published: {acc['published']} ({acc['published_source']}).",
+        "",
+        outcome.metrics.table(),
+        "",
+        "## Engine against PyTorch (ONNX Runtime vs the PyTorch model, same preprocessed images)",
+        "",
+        agreement.table(),
+        "",
+        "## Pure-inference throughput (ONNX Runtime, fp32; basis: host latency of one infer call)",
+        "",
+        sweep_table(bench),
+        "",
+        f"## Real-data stages (ONNX Runtime, batch {eval_batch}; read + preprocess in worker processes)",
+        "",
+        outcome.run.timer.table(),
+        "",
+    ]
+    if ratio is not None:
+        lines.append(
+            f"End-to-end / pure-inference throughput: **{ratio:.2f}** "
+            f"({report['end_to_end_over_pure']['end_to_end_images_per_s']:.2f} images/s end to end at batch {eval_batch} "
+            f"vs {pure_at_eval[1]:.2f} images/s pure inference at batch {pure_at_eval[0]})."
+        )
+    lines += ["", f"ONNX: {report['export']['path']} (opset {report['export']['opset']}, dynamic batch, "
+              f"default-domain ops only: {', '.join(report['export']['op_types'])})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""The library behind the commands: set up an engine, predict, evaluate a dataset, evaluate dumps."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from deployzoo.backends.base import Backend
+from deployzoo.bench.report import write_json
+from deployzoo.data.loader import ImageItem, items_from_paths
+from deployzoo.engine import LoadedModel, load_model, make_backend
+from deployzoo.errors import DeployzooError
+from deployzoo.export.onnx_export import ExportResult, export_onnx
+from deployzoo.predictions import records_for, write_predictions
+from deployzoo.registry import ModelSpec
+from deployzoo.runner import DatasetRun, InferFn, ResultStore, run_dataset
+
+
+def export_model(loaded: LoadedModel, out: str | Path, batch_size: int = 1, dynamic_batch: bool = False) -> ExportResult:
+    return export_onnx(loaded.model, loaded.spec, out, batch_size=batch_size, dynamic_batch=dynamic_batch,
+                       extra_metadata={"deployzoo.weights": loaded.weights})
+
+
+@dataclass
+class Engine:
+    """A backend ready to run, plus what produced it (for fingerprints and reports)."""
+
+    spec: ModelSpec
+    backend: Backend
+    loaded: LoadedModel | None  # the PyTorch model when one was built
+    onnx_path: Path | None
+    weights: str
+
+    def infer(self, batch: np.ndarray, ids: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        return self.backend.infer({self.spec.input_name: batch})
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.backend.describe(), "weights": self.weights}
+
+
+def open_engine(
+    spec: ModelSpec,
+    backend: str,
+    batch_size: int,
+    checkpoint: str | Path | None = None,
+    onnx_path: str | Path | None = None,
+    work_dir: str | Path = ".",
+    threads: int = 0,
+    loaded: LoadedModel | None = None,
+) -> Engine:
+    """Engine for ``backend`` at ``batch_size``.
+
+    onnxruntime: runs ``onnx_path`` if given, else exports the model (from ``checkpoint`` or stand-in
+    weights) to ``work_dir`` at a fixed batch first. pytorch: runs the model itself.
+    """
+    if backend == "pytorch" or onnx_path is None:
+        loaded = loaded or load_model(spec, checkpoint)
+    if backend != "pytorch" and onnx_path is None:
+        onnx_path = Path(work_dir) / f"{spec.name}-b{batch_size}.onnx"
+        export_model(loaded, onnx_path, batch_size=batch_size)
+    model = loaded.model if loaded is not None else None
+    weights = loaded.weights if loaded is not None else f"from {onnx_path}"
+    engine_backend = make_backend(backend, spec, batch_size, onnx_path=onnx_path, model=model, threads=threads)
+    return Engine(spec, engine_backend, loaded, Path(onnx_path) if onnx_path else None, weights)
+
+
+def predict_files(
+    engine: Engine,
+    paths: Sequence[str | Path],
+    score_threshold: float = 0.0,
+    max_dets: int | None = None,
+    batch_size: int | None = None,
+) -> list[dict]:
+    """Predictions records (see deployzoo.predictions) for image files, in the order given."""
+    spec = engine.spec
+    postprocess = spec.make_postprocess()
+    items = [ImageItem(Path(p).name, str(p)) for p in paths]
+    run = run_dataset(items, spec.preprocess, engine.infer, postprocess, batch_size or engine.backend.batch_size,
+                      workers=0, progress=False)
+    return records_for(spec, [(item.image_id, run.results[item.image_id].top(max_dets, score_threshold))
+                              for item in items])
+
+
+def fingerprint_file(path: str | Path | None) -> str | None:
+    """A cheap identity for a big file: size + hash of its first and last MiB."""
+    if path is None:
+        return None
+    path = Path(path)
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return f"{size}:{digest.hexdigest()[:16]}"
+
+
+@dataclass
+class EvalOutcome:
+    metrics: Any  # the task's result object (to_dict, table)
+    run: DatasetRun
+    skipped_annotations: list[tuple[str, str]]
+    headline: float  # percent
+    out_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_dataset(
+    spec: ModelSpec,
+    data_root: str | Path,
+    infer: InferFn,
+    batch_size: int,
+    out_dir: str | Path,
+    fingerprint: dict[str, Any],
+    protocol: str = "clean",
+    resume: bool = False,
+    skip_bad: bool = False,
+    workers: int = 1,
+    limit: int | None = None,
+    progress: bool = True,
+) -> EvalOutcome:
+    """Stream the task's split through ``infer``; write detections.json and metrics.json to ``out_dir``."""
+    task = spec.evaluation
+    if protocol not in task.protocols:
+        raise DeployzooError(f"unknown protocol '{protocol}' for {task.metric_name}; choose from {', '.join(task.protocols)}")
+    out_dir = Path(out_dir)
+    dataset = task.open(data_root)
+    annotations, bad_annotations = task.load_ground_truth(dataset, skip_bad=skip_bad)
+    ids = [i for i in dataset.ids if i in annotations][: limit or None]
+    annotations = {i: annotations[i] for i in ids}
+    items = [ImageItem(i, str(dataset.image_path(i))) for i in ids]
+    store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
+    run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, store=store,
+                      workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name)
+    bad_images = {s["image_id"] for s in run.skipped}
+    evaluated = {i: a for i, a in annotations.items() if i not in bad_images}
+    metrics = task.evaluate(run.results, evaluated, protocol=protocol)
+    write_predictions(out_dir / "detections.json", records_for(spec, [(i, run.results[i]) for i in evaluated]))
+    summary = {
+        "model": spec.name,
+        "dataset": task.dataset_name,
+        "data_root": str(data_root),
+        "images_evaluated": len(evaluated),
+        "images_skipped": [{"image_id": i, "problem": p} for i, p in bad_annotations] + run.skipped,
+        "images_resumed": run.resumed,
+        "headline": {"metric": task.metric_name, "value": task.headline(metrics), "published": spec.published.value},
+        "metrics": metrics.to_dict(),
+        "stages": run.timer.to_dict(),
+        "engine": fingerprint,
+    }
+    write_json(out_dir / "metrics.json", summary)
+    return EvalOutcome(metrics, run, bad_annotations, task.headline(metrics), out_dir, summary)
+
+
+def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> InferFn:
+    """An InferFn that reads the vendor tool's output dumps (``<stem>_<k>.bin``) instead of running a model."""
+    from deployzoo.data.vendor_bin import find_dumps, load_dump
+
+    if not spec.output_shapes:
+        raise DeployzooError(f"{spec.name} has no fixed output shapes, so its dumps cannot be read")
+    shapes = [spec.output_shapes[n] for n in spec.output_names]
+    index = find_dumps(dumps_dir, list(stems), len(shapes))
+
+    def infer(batch: np.ndarray, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        per_image = [load_dump(index, stem, shapes) for stem in ids]
+        outputs = {}
+        for k, name in enumerate(spec.output_names):
+            rows = [arrays[k] for arrays in per_image]
+            rows += [np.zeros_like(rows[0])] * (batch.shape[0] - len(rows))  # padding of a short batch
+            outputs[name] = np.stack(rows)
+        return outputs
+
+    return infer
+
+
+def write_bins(spec: ModelSpec, image_paths: Sequence[str | Path], out_dir: str | Path, workers: int = 0) -> tuple[Path, Path]:
+    """Preprocess images to raw float32 .bin files (one [3,H,W] array each) and two .info lists.
+
+    ``input.info``: index, .bin path, network input width and height (what the benchmark tool reads);
+    ``images.info``: index, image path, ORIGINAL width and height (what post-processing needs).
+    Returns both paths.
+    """
+    from deployzoo.data.loader import BadImage, prepared_images
+    from deployzoo.data.vendor_bin import write_bin, write_info
+    from deployzoo.errors import BadInputError
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, image_rows = [], []
+    for index, prepared in enumerate(prepared_images(items_from_paths(image_paths), spec.preprocess, workers=workers)):
+        if isinstance(prepared, BadImage):
+            raise BadInputError(prepared.path, prepared.problem)
+        bin_path = write_bin(out_dir / f"{prepared.image_id}.bin", prepared.array)
+        h, w = prepared.meta.orig_hw
+        rows.append((index, str(bin_path.resolve()), prepared.array.shape[2], prepared.array.shape[1]))
+        image_rows.append((index, str(Path(prepared.path).resolve()), w, h))
+    return write_info(out_dir / "input.info", rows), write_info(out_dir / "images.info", image_rows)

@@ -1,0 +1,162 @@
+"""Stream a dataset through an engine in batches: read/preprocess in workers, infer, post-process.
+
+Results are written to disk batch by batch (``ResultStore``), so an interrupted run resumes where it
+stopped and nothing computed is lost.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from deployzoo.bench.timing import StageTimer
+from deployzoo.data.loader import BadImage, ImageItem, PreparedImage, prepared_images
+from deployzoo.engine import split_outputs, stack_batch
+from deployzoo.errors import BadInputError, DeployzooError
+from deployzoo.structures import Detections
+
+InferFn = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]  # (batch [B,3,H,W], ids) -> outputs
+
+
+class ResultStore:
+    """Per-image detections on disk as numbered .npz shards plus a run fingerprint.
+
+    A shard is written to a temporary name and renamed, so a kill leaves either a whole shard or
+    none. ``fingerprint`` (model, weights, engine, preprocessing...) must match to resume.
+    """
+
+    def __init__(self, directory: str | Path, fingerprint: dict[str, Any], resume: bool = False):
+        self.directory = Path(directory)
+        self.shard_dir = self.directory / "partial"
+        fingerprint_file = self.directory / "run-fingerprint.json"
+        existing = sorted(self.shard_dir.glob("shard-*.npz")) if self.shard_dir.is_dir() else []
+        if existing and not resume:
+            raise DeployzooError(
+                f"{self.directory} already holds {len(existing)} result shards of an earlier run; "
+                "pass --resume to continue it, or choose another output directory"
+            )
+        if existing and fingerprint_file.is_file():
+            previous = json.loads(fingerprint_file.read_text())
+            if previous != json.loads(json.dumps(fingerprint)):
+                diff = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+                raise DeployzooError(
+                    f"{self.directory}: cannot resume, the earlier run used different settings ({', '.join(diff)})"
+                )
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint_file.write_text(json.dumps(fingerprint, indent=1))
+        self._next = len(existing)
+
+    def load(self) -> tuple[dict[str, Detections], list[dict[str, str]]]:
+        """Everything finished so far: detections by id, and the images skipped as bad."""
+        results: dict[str, Detections] = {}
+        skipped: list[dict[str, str]] = []
+        for shard in sorted(self.shard_dir.glob("shard-*.npz")):
+            with np.load(shard, allow_pickle=False) as data:
+                ids, counts = data["ids"].tolist(), data["counts"]
+                bounds = np.concatenate([[0], np.cumsum(counts)])
+                for i, image_id in enumerate(ids):
+                    a, b = bounds[i], bounds[i + 1]
+                    results[image_id] = Detections(data["boxes"][a:b], data["scores"][a:b], data["labels"][a:b])
+                skipped += json.loads(str(data["skipped"]))
+        return results, skipped
+
+    def append(self, batch: Sequence[tuple[str, Detections]], skipped: Sequence[dict[str, str]] = ()) -> None:
+        dets = [d for _, d in batch]
+        arrays = {
+            "ids": np.asarray([i for i, _ in batch], dtype=str),
+            "counts": np.asarray([len(d) for d in dets], dtype=np.int64),
+            "boxes": np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
+            "scores": np.concatenate([d.scores for d in dets]) if dets else np.zeros((0,), np.float32),
+            "labels": np.concatenate([d.labels for d in dets]) if dets else np.zeros((0,), np.int64),
+            "skipped": np.asarray(json.dumps(list(skipped))),
+        }
+        final = self.shard_dir / f"shard-{self._next:06d}.npz"
+        temporary = final.with_suffix(".tmp.npz")
+        np.savez(temporary, **arrays)
+        os.replace(temporary, final)
+        self._next += 1
+
+
+@dataclass
+class DatasetRun:
+    results: dict[str, Detections]
+    skipped: list[dict[str, str]]  # {"image_id", "path", "problem"}
+    timer: StageTimer
+    resumed: int = 0  # images whose results came from an earlier, interrupted run
+    computed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_dataset(
+    items: Sequence[ImageItem],
+    preprocess: Callable,
+    infer: InferFn,
+    postprocess: Callable[[dict[str, np.ndarray], Any], Detections],
+    batch_size: int,
+    store: ResultStore | None = None,
+    workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+    description: str = "images",
+) -> DatasetRun:
+    """Run ``items`` through preprocess -> infer -> postprocess in batches of ``batch_size``.
+
+    A last short batch is padded with zeros to ``batch_size`` and the padding's outputs dropped.
+    A bad image raises BadInputError naming it (after the batches before it are stored), or with
+    ``skip_bad`` is recorded in ``skipped`` and left out.
+    """
+    done: dict[str, Detections] = {}
+    skipped: list[dict[str, str]] = []
+    if store is not None:
+        done, skipped = store.load()
+    finished = set(done) | {s["image_id"] for s in skipped}
+    todo = [item for item in items if item.image_id not in finished]
+    resumed = len(items) - len(todo)
+    results = dict(done)
+    timer = StageTimer()
+    batch: list[PreparedImage] = []
+    batch_skipped: list[dict[str, str]] = []
+
+    def flush() -> None:
+        if batch:
+            inputs, count = stack_batch([p.array for p in batch], batch_size)
+            with timer.stage("infer"):
+                outputs = infer(inputs, [p.image_id for p in batch])
+            finished_batch = []
+            with timer.stage("postprocess"):
+                for prepared, per_image in zip(batch, split_outputs(outputs, count)):
+                    finished_batch.append((prepared.image_id, postprocess(per_image, prepared.meta)))
+            results.update(finished_batch)
+            timer.count(count)
+        else:
+            finished_batch = []
+        if store is not None and (finished_batch or batch_skipped):
+            store.append(finished_batch, batch_skipped)
+        skipped.extend(batch_skipped)
+        batch.clear()
+        batch_skipped.clear()
+
+    bar = tqdm(total=len(items), initial=resumed, desc=description, unit="img", disable=not progress, leave=False)
+    with timer.run():
+        for prepared in prepared_images(todo, preprocess, workers=workers, read_ahead=2 * batch_size + 2):
+            if isinstance(prepared, BadImage):
+                if not skip_bad:
+                    flush()  # keep what is finished before stopping
+                    raise BadInputError(prepared.path, prepared.problem)
+                tqdm.write(f"warning: skipped {prepared.path}: {prepared.problem}")
+                batch_skipped.append({"image_id": prepared.image_id, "path": prepared.path, "problem": prepared.problem})
+            else:
+                timer.add("read", prepared.read_s)
+                timer.add("preprocess", prepared.preprocess_s)
+                batch.append(prepared)
+            if len(batch) == batch_size:
+                flush()
+            bar.update(1)
+        flush()
+    bar.close()
+    return DatasetRun(results, skipped, timer, resumed=resumed, computed=timer.items)

@@ -1,0 +1,34 @@
+"""Result containers shared by every model and backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in ORIGINAL-image pixels.
+
+    boxes [K,4] float32 (x1, y1, x2, y2); scores [K] float32; labels [K] int64, 0-based index into the
+    model's class names (background excluded).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
+
+    def top(self, max_dets: int | None, score_threshold: float = 0.0) -> "Detections":
+        """Detections with score >= threshold, then the ``max_dets`` highest (original order kept)."""
+        keep = np.flatnonzero(self.scores >= score_threshold)
+        if max_dets is not None and keep.size > max_dets:
+            best = np.argsort(-self.scores[keep], kind="stable")[:max_dets]
+            keep = np.sort(keep[best])
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])

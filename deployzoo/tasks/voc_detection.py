@@ -1,0 +1,65 @@
+"""VOC detection (VOC2007 test by default): dataset, synthetic stand-in, VOC07 mAP."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from deployzoo.data.synthetic_voc import make_synthetic_voc
+from deployzoo.data.voc import VOC_CLASSES, VOCAnnotation, VOCDetection
+from deployzoo.errors import BadInputError
+from deployzoo.eval.voc07 import PROTOCOLS, ImageDetections, VOCEvalResult, evaluate_voc
+from deployzoo.structures import Detections
+
+
+class VOCDetectionTask:
+    """Adapter the pipeline uses for models judged by VOC07 11-point mAP."""
+
+    metric_name = "VOC07 11-point mAP"
+    protocols = PROTOCOLS
+
+    def __init__(self, year: str = "2007", split: str = "test", class_names: Sequence[str] = VOC_CLASSES):
+        self.year = year
+        self.split = split
+        self.class_names = tuple(class_names)
+        self.dataset_name = f"VOC{year} {split}"
+
+    def open(self, root: str | Path) -> VOCDetection:
+        return VOCDetection(root, year=self.year, split=self.split)
+
+    def make_synthetic(self, root: str | Path, num_images: int = 16, seed: int = 0) -> Path:
+        return make_synthetic_voc(root, num_images=num_images, seed=seed, year=self.year, split=self.split)
+
+    def load_ground_truth(
+        self, dataset: VOCDetection, skip_bad: bool = False
+    ) -> tuple[dict[str, VOCAnnotation], list[tuple[str, str]]]:
+        """Parse every annotation of the split up front, so a bad XML stops the run before inference.
+
+        Returns (annotations by id in split order, [(id, problem)] skipped when ``skip_bad``).
+        """
+        annotations: dict[str, VOCAnnotation] = {}
+        skipped: list[tuple[str, str]] = []
+        for image_id in dataset.ids:
+            try:
+                annotations[image_id] = dataset.annotation(image_id)
+            except BadInputError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append((image_id, str(exc)))
+        return annotations, skipped
+
+    def evaluate(
+        self,
+        results: Mapping[str, Detections],
+        annotations: Mapping[str, VOCAnnotation],
+        protocol: str = "clean",
+    ) -> VOCEvalResult:
+        """VOC07 mAP over the images in ``annotations`` (those skipped as bad are left out by the caller)."""
+        dets = {
+            image_id: ImageDetections(d.boxes, d.scores, d.labels) for image_id, d in results.items() if image_id in annotations
+        }
+        return evaluate_voc(dets, annotations, self.class_names, protocol=protocol)
+
+    @staticmethod
+    def headline(result: VOCEvalResult) -> float:
+        """The figure compared with the published one, in percent."""
+        return 100.0 * result.map

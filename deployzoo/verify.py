@@ -1,0 +1,119 @@
+"""Engine against the PyTorch model on the same preprocessed images: numbers and detections."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from deployzoo.compare import MatchResult, TensorDiff, match_detections, tensor_diff
+from deployzoo.data.loader import BadImage, ImageItem, prepared_images
+from deployzoo.engine import split_outputs, stack_batch
+from deployzoo.errors import BadInputError
+
+
+@dataclass
+class Agreement:
+    images: int
+    outputs: list[TensorDiff]  # worst case over images, per output
+    detections: MatchResult  # all images pooled
+    engine: dict[str, Any]
+    reference: dict[str, Any]
+    tolerances: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.outputs) and self.detections.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": "PASS" if self.ok else "FAIL",
+            "images": self.images,
+            "outputs": [d.to_dict() for d in self.outputs],
+            "detections": self.detections.to_dict(),
+            "engine": self.engine,
+            "reference": self.reference,
+            "tolerances": self.tolerances,
+        }
+
+    def table(self) -> str:
+        lines = ["| output | max abs error | max rel error | tolerance (rel) | ok |", "|---|---:|---:|---:|---|"]
+        for d in self.outputs:
+            lines.append(f"| {d.name} | {d.max_abs:.3e} | {d.max_rel:.3e} | {d.tolerance:.0e} | {'yes' if d.ok else 'NO'} |")
+        m = self.detections
+        lines += [
+            "",
+            f"Detections: {m.matched} matched one to one, {m.unmatched_engine} engine-only, "
+            f"{m.unmatched_reference} reference-only (same label, IoU > {m.iou_threshold}, "
+            f"|score diff| < {m.score_tolerance:g}); worst matched IoU {m.worst_iou:.6f}, "
+            f"worst score diff {m.worst_score_diff:.2e}.",
+            f"Verdict: **{'PASS' if self.ok else 'FAIL'}** over {self.images} images.",
+        ]
+        return "\n".join(lines)
+
+
+def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
+    """Run the same preprocessed batches through ``engine`` and ``reference`` (pipeline.Engine objects)."""
+    spec = engine.spec
+    postprocess = spec.make_postprocess()
+    batch_size = engine.backend.batch_size
+    worst: dict[str, TensorDiff] = {}
+    pooled_engine, pooled_reference = [], []
+    prepared = []
+    for p in prepared_images(items, spec.preprocess, workers=0):
+        if isinstance(p, BadImage):
+            raise BadInputError(p.path, p.problem)
+        prepared.append(p)
+    for start in range(0, len(prepared), batch_size):
+        chunk = prepared[start : start + batch_size]
+        batch, count = stack_batch([p.array for p in chunk], batch_size)
+        ids = [p.image_id for p in chunk]
+        out_e = engine.infer(batch, ids)
+        out_r = _reference_infer(reference, batch, ids, count)
+        for name in spec.output_names:
+            diff = tensor_diff(name, out_e[name][:count], out_r[name][:count])
+            if name not in worst or diff.max_rel > worst[name].max_rel:
+                worst[name] = diff
+        for p, e, r in zip(chunk, split_outputs(out_e, count), split_outputs(out_r, count)):
+            pooled_engine.append(postprocess(e, p.meta))
+            pooled_reference.append(postprocess(r, p.meta))
+    matches = _match_pooled(pooled_engine, pooled_reference)
+    return Agreement(
+        images=len(prepared),
+        outputs=[worst[n] for n in spec.output_names],
+        detections=matches,
+        engine=engine.describe(),
+        reference=reference.describe(),
+        tolerances={
+            "outputs": "max|engine - reference| <= 1e-4 * max(1, max|reference|)",
+            "detections": "one-to-one: same label, IoU > 0.999, |score difference| < 1e-4",
+        },
+    )
+
+
+def _reference_infer(reference, batch: np.ndarray, ids, count: int) -> dict[str, np.ndarray]:
+    """The reference may have another batch size (PyTorch runs any): feed it the real images only."""
+    ref_batch = reference.backend.batch_size
+    if ref_batch == batch.shape[0]:
+        return reference.infer(batch, ids)
+    parts = []
+    for start in range(0, count, ref_batch):
+        sub, n = stack_batch(list(batch[start : min(count, start + ref_batch)]), ref_batch)
+        parts.append({k: v[:n] for k, v in reference.infer(sub, ids).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _match_pooled(engine_dets, reference_dets) -> MatchResult:
+    total = None
+    for e, r in zip(engine_dets, reference_dets):
+        m = match_detections(e, r)
+        if total is None:
+            total = m
+        else:
+            total = MatchResult(
+                total.matched + m.matched, total.unmatched_engine + m.unmatched_engine,
+                total.unmatched_reference + m.unmatched_reference, min(total.worst_iou, m.worst_iou),
+                max(total.worst_score_diff, m.worst_score_diff), m.iou_threshold, m.score_tolerance,
+                (total.examples + m.examples)[:6],
+            )
+    return total or MatchResult(0, 0, 0, 1.0, 0.0)
