@@ -132,7 +132,7 @@ def evaluate_dataset(
     annotations, bad_annotations = task.load_ground_truth(dataset, skip_bad=skip_bad)
     ids = [i for i in dataset.ids if i in annotations][: limit or None]
     annotations = {i: annotations[i] for i in ids}
-    items = [ImageItem(i, str(dataset.image_path(i))) for i in ids]
+    items = [ImageItem(i, str(dataset.image_path(i)), str(dataset.split_file)) for i in ids]
     store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
     run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name)

@@ -21,6 +21,7 @@ from deployzoo.errors import BadInputError
 class ImageItem:
     image_id: str
     path: str
+    listed_in: str = ""  # the split/list file that named this image, for error messages
 
 
 @dataclass
@@ -43,6 +44,8 @@ class BadImage:
 def prepare(item: ImageItem, preprocess: Callable[[np.ndarray], tuple[np.ndarray, Any]]) -> PreparedImage | BadImage:
     """Read and preprocess one image; an unusable file becomes a BadImage (the caller decides)."""
     t0 = time.perf_counter()
+    if item.listed_in and not Path(item.path).exists():
+        return BadImage(item.image_id, item.path, f"image not found, but id {item.image_id!r} is listed in {item.listed_in}")
     try:
         bgr = read_image_bgr(item.path)
     except BadInputError as exc:

@@ -53,6 +53,8 @@ def export_onnx(
     if dynamic_batch:
         dynamic_axes = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in spec.output_names}}
     model = model.eval()
+    with torch.no_grad():
+        reference_outputs = model(example)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
@@ -67,6 +69,7 @@ def export_onnx(
             do_constant_folding=True,
         )
     proto = onnx.load(str(out_path))
+    _declare_output_shapes(proto, [tuple(o.shape) for o in reference_outputs], "batch" if dynamic_batch else None)
     # onnxruntime refuses the newest IR versions: write the lowest one that supports the opset.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     metadata = {
@@ -97,6 +100,20 @@ def export_onnx(
         op_types=op_type_counts(proto),
         size_bytes=out_path.stat().st_size,
     )
+
+
+def _declare_output_shapes(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], batch_param: str | None) -> None:
+    """Write the outputs' true sizes into the graph: the tracer leaves flattened sizes symbolic
+    (``Softmaxodm_conf_dim_1``), and consumers of the file should see [batch, 6375, 21]."""
+    for output, shape in zip(proto.graph.output, shapes):
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for axis, size in enumerate(shape):
+            dim = dims.add()
+            if axis == 0 and batch_param is not None:
+                dim.dim_param = batch_param
+            else:
+                dim.dim_value = int(size)
 
 
 def op_type_counts(proto: onnx.ModelProto) -> dict[str, int]:

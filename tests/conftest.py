@@ -1,0 +1,69 @@
+"""Shared, session-scoped artefacts: the RefineDet model with the fixture's weights, its ONNX export, a synthetic VOC."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+
+from dzinit import make_state_dict  # noqa: E402  (the fixtures' own weight rule, copied from shared/)
+
+REFINEDET = "refinedet320-vgg16-voc"
+
+
+@pytest.fixture(scope="session")
+def refinedet_spec():
+    from deployzoo.registry import get_spec
+
+    return get_spec(REFINEDET)
+
+
+@pytest.fixture(scope="session")
+def refinedet_keys() -> dict:
+    return json.loads((FIXTURES / REFINEDET / "keys.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def refinedet_checkpoint(tmp_path_factory, refinedet_keys) -> Path:
+    """The fixture's weights (dz-init-v1, seed 0) in the official container: a bare state dict."""
+    weights = make_state_dict(refinedet_keys["tensors"], seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "RefineDet320_VOC_final.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def refinedet_loaded(refinedet_spec, refinedet_checkpoint):
+    from deployzoo.engine import load_model
+
+    return load_model(refinedet_spec, refinedet_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def refinedet_onnx(tmp_path_factory, refinedet_loaded) -> Path:
+    """Dynamic-batch export of the fixture-weights model."""
+    from deployzoo.pipeline import export_model
+
+    path = tmp_path_factory.mktemp("onnx") / "refinedet-dyn.onnx"
+    export_model(refinedet_loaded, path, dynamic_batch=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_voc(tmp_path_factory) -> Path:
+    from deployzoo.data.synthetic_voc import make_synthetic_voc
+
+    return make_synthetic_voc(tmp_path_factory.mktemp("voc"), num_images=7, seed=3)
+
+
+@pytest.fixture(scope="session")
+def refinedet_case() -> dict:
+    case = json.loads((FIXTURES / REFINEDET / "case-1.json").read_text())
+    arrays = dict(np.load(FIXTURES / REFINEDET / "case-1.npz"))
+    return {"json": case, "arrays": arrays, "image": FIXTURES / REFINEDET / "case-1.png"}
