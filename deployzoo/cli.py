@@ -234,10 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deployzoo", description=__doc__)
     parser.add_argument("--verbose", action="store_true", help="print the full checkpoint key mapping, tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --verbose is accepted after the command name too (SUPPRESS keeps the top-level value otherwise)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="print the full checkpoint key mapping, tracebacks")
 
-    sub.add_parser("models", help="list the zoo").set_defaults(func=cmd_models)
+    def command(subparsers, name: str, **kw) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **kw)
 
-    p = sub.add_parser("export", help="export a model to ONNX")
+    command(sub, "models", help="list the zoo").set_defaults(func=cmd_models)
+
+    p = command(sub, "export", help="export a model to ONNX")
     p.add_argument("model")
     p.add_argument("--checkpoint")
     p.add_argument("--out", required=True)
@@ -246,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dynamic-batch", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="detect objects in image files; writes DIR/predictions.json")
+    p = command(sub, "predict", help="detect objects in image files; writes DIR/predictions.json")
     _add_engine_args(p)
     p.add_argument("images", nargs="+")
     p.add_argument("--out", required=True)
@@ -255,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-dets", type=int, default=None, help="default: everything the original model returns")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("eval", help="evaluate on the model's dataset")
+    p = command(sub, "eval", help="evaluate on the model's dataset")
     _add_engine_args(p)
     p.add_argument("--data", required=True, help="dataset root (VOCdevkit for VOC models)")
     p.add_argument("--out")
@@ -268,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="pure-inference benchmark over batch sizes")
+    p = command(sub, "bench", help="pure-inference benchmark over batch sizes")
     p.add_argument("model", help="registry name or an exported .onnx")
     p.add_argument("--checkpoint")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "pytorch"])
@@ -280,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("compare", help="engine against the PyTorch model on the same images")
+    p = command(sub, "compare", help="engine against the PyTorch model on the same images")
     _add_engine_args(p)
     p.add_argument("images", nargs="*")
     p.add_argument("--data")
@@ -289,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("data", help="dataset tools: vendor .bin layout, synthetic datasets")
+    p = command(sub, "data", help="dataset tools: vendor .bin layout, synthetic datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    q = data_sub.add_parser("to-bin", help="preprocessed images as raw float32 .bin + .info")
+    q = command(data_sub, "to-bin", help="preprocessed images as raw float32 .bin + .info")
     q.add_argument("model")
     q.add_argument("images", nargs="*")
     q.add_argument("--data")
@@ -299,14 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_data)
-    q = data_sub.add_parser("synthetic", help="write a small synthetic dataset in the official layout")
+    q = command(data_sub, "synthetic", help="write a small synthetic dataset in the official layout")
     q.add_argument("model")
     q.add_argument("--out", required=True)
     q.add_argument("--num-images", type=int, default=16)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("run", help="the main job: export, compare, evaluate, benchmark, report")
+    p = command(sub, "run", help="the main job: export, compare, evaluate, benchmark, report")
     p.add_argument("model")
     p.add_argument("--checkpoint")
     p.add_argument("--data")

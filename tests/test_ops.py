@@ -1,0 +1,62 @@
+"""Host-side ops: greedy NMS semantics, priors, box decoding."""
+from __future__ import annotations
+
+import numpy as np
+
+from deployzoo.heads.refinedet_detect import corners_to_center, decode_offsets
+from deployzoo.ops.nms import greedy_nms
+from deployzoo.ops.priors import ssd_priors
+
+
+def _naive_nms(boxes, scores, thr, top_k):
+    """The original's loop, literally: ascending sort, take from the end, drop IoU > thr."""
+    idx = list(np.argsort(scores, kind="stable")[-top_k:])
+    keep = []
+    while idx:
+        i = idx.pop()
+        keep.append(i)
+        remaining = []
+        for j in idx:
+            w = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
+            h = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
+            inter = w * h
+            area_i = (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+            area_j = (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1])
+            if inter / (area_j - inter + area_i) <= thr:
+                remaining.append(j)
+        idx = remaining
+    return keep
+
+
+def test_greedy_nms_matches_the_literal_loop():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(1, 120))
+        xy = rng.uniform(0, 1, (n, 2))
+        wh = rng.uniform(0.02, 0.4, (n, 2))
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        scores = rng.uniform(0, 1, n).astype(np.float32)
+        top_k = int(rng.integers(1, n + 1))
+        assert greedy_nms(boxes, scores, 0.45, top_k).tolist() == _naive_nms(boxes, scores, 0.45, top_k)
+
+
+def test_nms_top_k_applies_before_suppression_and_ties_take_the_later_index():
+    boxes = np.array([[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5]], np.float32)
+    scores = np.array([0.5, 0.5, 0.1], np.float32)
+    assert greedy_nms(boxes, scores, 0.45, top_k=2).tolist() == [1, 0]
+    assert greedy_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.45).tolist() == []
+
+
+def test_priors_layout_and_clipping():
+    priors = ssd_priors([40, 20, 10, 5], 320, [8, 16, 32, 64], [32, 64, 128, 256], (), [[2]] * 4, clip=True)
+    assert priors.shape == (6375, 4)
+    assert np.allclose(priors[0], [0.5 / 40, 0.5 / 40, 0.1, 0.1])
+    assert np.allclose(priors[1, 2:], [0.1 * np.sqrt(2), 0.1 / np.sqrt(2)])
+    assert priors.max() == 1.0  # the last level's wide prior 0.8*sqrt(2) is clamped
+
+
+def test_decode_then_center_is_consistent():
+    priors = np.array([[0.5, 0.5, 0.2, 0.4]], np.float32)
+    corners = decode_offsets(np.zeros((1, 4), np.float32), priors, (0.1, 0.2))
+    assert np.allclose(corners, [[0.4, 0.3, 0.6, 0.7]])
+    assert np.allclose(corners_to_center(corners), priors)

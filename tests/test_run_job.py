@@ -1,0 +1,29 @@
+"""The main job on the embedded default: stand-in weights and a generated dataset, said so in the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployzoo.cli import main
+
+
+@pytest.mark.slow
+def test_run_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "refinedet320-vgg16-voc", "--out", str(out), "--num-images", "5", "--batch", "1,2",
+                 "--eval-batch", "2", "--min-seconds", "0.05", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "stand-in weights" in printed and "synthetic" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["stand_in_weights"] and report["synthetic_data"]
+    assert report["agreement"]["verdict"] == "PASS"
+    assert 0.0 <= report["accuracy"]["value"] <= 100.0 and report["accuracy"]["published"] == 79.81
+    assert [c["batch_size"] for c in report["pure_inference"]] == [1, 2]
+    assert all(c["stats"]["throughput"] > 0 for c in report["pure_inference"])
+    assert report["end_to_end_over_pure"]["ratio"] > 0
+    text = (out / "report.md").read_text()
+    assert text.index("stand-in weights") < text.index("## Accuracy")
+    for section in ("## Accuracy", "## Engine against PyTorch", "## Pure-inference throughput",
+                    "## Real-data stages", "End-to-end / pure-inference throughput"):
+        assert section in text
