@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "compare", help="engine against the PyTorch model on the same images")
     _add_engine_args(p)
-    p.add_argument("images", nargs="*")
+    p.add_argument("--images", nargs="+", help="image files (default: the first --num-images of --data)")
     p.add_argument("--data")
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)

@@ -96,3 +96,17 @@ def test_predict_max_dets_and_score_threshold(tmp_path, refinedet_checkpoint, re
     assert min(r["score"] for r in records) >= 0.2
     top = np.sort(refinedet_case["arrays"]["dets_flat"][:, 1])[::-1][:100]
     assert np.allclose(sorted((r["score"] for r in records), reverse=True), top[top >= 0.2][: len(records)], atol=1e-4)
+
+
+def test_stand_in_weights_are_the_fixture_rule(refinedet_spec, refinedet_keys):
+    """The default run's weights (our dz-init-v1 implementation + the spec's gains) equal the fixture's."""
+    import sys
+
+    from deployzoo.engine import load_model
+
+    make_state_dict = sys.modules["dzinit"].make_state_dict
+    reference = make_state_dict(refinedet_keys["tensors"], seed=0)
+    state = load_model(refinedet_spec).model.state_dict()
+    assert list(state) == list(reference)
+    for name, value in reference.items():
+        assert np.array_equal(state[name].numpy(), value), name
