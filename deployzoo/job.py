@@ -101,7 +101,7 @@ def run_main_job(
         "accuracy": {"metric": spec.evaluation.metric_name, "protocol": protocol, "value": outcome.headline,
                      "published": spec.published.value, "published_source": spec.published.source,
                      "per_class": outcome.metrics.to_dict()},
-        "stages": outcome.run.timer.to_dict() | {"rows": stage_rows, "batch_size": eval_batch},
+        "stages": outcome.run.timer.to_dict() | {"batch_size": eval_batch},
         "pure_inference": [r.to_dict() for r in bench],
         "end_to_end_over_pure": {"ratio": ratio, "end_to_end_images_per_s": end_to_end,
                                  "pure_images_per_s": pure_at_eval[1] if pure_at_eval else None,
