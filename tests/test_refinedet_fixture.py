@@ -110,3 +110,17 @@ def test_stand_in_weights_are_the_fixture_rule(refinedet_spec, refinedet_keys):
     assert list(state) == list(reference)
     for name, value in reference.items():
         assert np.array_equal(state[name].numpy(), value), name
+
+
+def test_onnxruntime_head_outputs_match_reference(refinedet_spec, refinedet_onnx, refinedet_case):
+    """The engine's outputs (softmaxed confidences) against the reference's raw heads."""
+    from deployzoo.engine import make_backend
+
+    a = refinedet_case["arrays"]
+    engine = make_backend("onnxruntime", refinedet_spec, 1, onnx_path=refinedet_onnx)
+    out = engine.infer({"image": a["input_1x3x320x320"]})
+    expected = {"arm_loc": a["arm_loc"], "odm_loc": a["odm_loc"],
+                "arm_conf": _softmax(a["arm_conf"]), "odm_conf": _softmax(a["odm_conf"])}
+    for name, reference in expected.items():
+        diff = tensor_diff(name, out[name], reference)
+        assert diff.ok, diff
