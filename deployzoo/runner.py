@@ -123,18 +123,16 @@ def run_dataset(
     batch_skipped: list[dict[str, str]] = []
 
     def flush() -> None:
+        finished_batch: list[tuple[str, Detections]] = []
         if batch:
             inputs, count = stack_batch([p.array for p in batch], batch_size)
             with timer.stage("infer"):
                 outputs = infer(inputs, [p.image_id for p in batch])
-            finished_batch = []
             with timer.stage("postprocess"):
                 for prepared, per_image in zip(batch, split_outputs(outputs, count)):
                     finished_batch.append((prepared.image_id, postprocess(per_image, prepared.meta)))
             results.update(finished_batch)
             timer.count(count)
-        else:
-            finished_batch = []
         if store is not None and (finished_batch or batch_skipped):
             store.append(finished_batch, batch_skipped)
         skipped.extend(batch_skipped)

@@ -104,16 +104,13 @@ def _reference_infer(reference, batch: np.ndarray, ids, count: int) -> dict[str,
 
 
 def _match_pooled(engine_dets, reference_dets) -> MatchResult:
-    total = None
-    for e, r in zip(engine_dets, reference_dets):
-        m = match_detections(e, r)
-        if total is None:
-            total = m
-        else:
-            total = MatchResult(
-                total.matched + m.matched, total.unmatched_engine + m.unmatched_engine,
-                total.unmatched_reference + m.unmatched_reference, min(total.worst_iou, m.worst_iou),
-                max(total.worst_score_diff, m.worst_score_diff), m.iou_threshold, m.score_tolerance,
-                (total.examples + m.examples)[:6],
-            )
-    return total or MatchResult(0, 0, 0, 1.0, 0.0)
+    """Per-image matching (detections never match across images), summed over the images."""
+    per_image = [match_detections(e, r) for e, r in zip(engine_dets, reference_dets)]
+    return MatchResult(
+        matched=sum(m.matched for m in per_image),
+        unmatched_engine=sum(m.unmatched_engine for m in per_image),
+        unmatched_reference=sum(m.unmatched_reference for m in per_image),
+        worst_iou=min((m.worst_iou for m in per_image), default=1.0),
+        worst_score_diff=max((m.worst_score_diff for m in per_image), default=0.0),
+        examples=[x for m in per_image for x in m.examples][:6],
+    )
