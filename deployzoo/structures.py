@@ -11,19 +11,28 @@ class Detections:
     """Detections of one image, in ORIGINAL-image pixels.
 
     boxes [K,4] float32 (x1, y1, x2, y2); scores [K] float32; labels [K] int64, 0-based index into the
-    model's class names (background excluded).
+    model's class names (background excluded). ``masks``: for instance segmentation, one COCO RLE per
+    detection (``{"size": [H, W], "counts": str}``, the original image's full-resolution binary mask as
+    pycocotools encodes it, counts decoded to str so it is JSON-ready); None for box-only models.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    masks: list[dict] | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
     @staticmethod
-    def empty() -> "Detections":
-        return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
+    def empty(with_masks: bool = False) -> "Detections":
+        return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64),
+                          [] if with_masks else None)
+
+    def select(self, keep: np.ndarray) -> "Detections":
+        """The detections at integer indices ``keep``, in that order."""
+        masks = None if self.masks is None else [self.masks[int(i)] for i in keep]
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks)
 
     def top(self, max_dets: int | None, score_threshold: float = 0.0) -> "Detections":
         """Detections with score >= threshold, then the ``max_dets`` highest (original order kept)."""
@@ -31,4 +40,4 @@ class Detections:
         if max_dets is not None and keep.size > max_dets:
             best = np.argsort(-self.scores[keep], kind="stable")[:max_dets]
             keep = np.sort(keep[best])
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
+        return self.select(keep)
