@@ -2,7 +2,7 @@
 
 The tolerances are the project's fidelity rules (shared fixtures README): tensors
 ``max|a-b| <= 1e-4 * max(1, max|ref|)``; detections matched one to one with the same label,
-IoU > 0.999 and |score difference| < 1e-4.
+IoU > 0.999 and |score difference| < 1e-4; pasted masks of matched detections agree on > 99.9% of pixels.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from deployzoo.structures import Detections
 TENSOR_RTOL = 1e-4
 MATCH_IOU = 0.999
 MATCH_SCORE_TOL = 1e-4
+MASK_AGREEMENT = 0.999  # pasted masks of a matched pair agree on more than this fraction of pixels
 
 
 @dataclass
@@ -64,13 +65,18 @@ class MatchResult:
     iou_threshold: float = MATCH_IOU
     score_tolerance: float = MATCH_SCORE_TOL
     examples: list[dict] = field(default_factory=list)  # a few unmatched detections, for the report
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (engine index, reference index) matched
+    # Instance masks: lowest fraction of image pixels on which a matched pair's masks agree (None: no masks).
+    worst_mask_agreement: float | None = None
+    mask_agreement_threshold: float = MASK_AGREEMENT
 
     @property
     def ok(self) -> bool:
-        return self.unmatched_engine == 0 and self.unmatched_reference == 0
+        masks_ok = self.worst_mask_agreement is None or self.worst_mask_agreement > self.mask_agreement_threshold
+        return self.unmatched_engine == 0 and self.unmatched_reference == 0 and masks_ok
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "ok": self.ok}
+        return {**{k: v for k, v in self.__dict__.items() if k != "pairs"}, "ok": self.ok}
 
 
 def match_detections(
@@ -85,6 +91,7 @@ def match_detections(
     matched = 0
     worst_iou, worst_ds = 1.0, 0.0
     unmatched_ref: list[int] = []
+    pairs: list[tuple[int, int]] = []
     for label in np.union1d(np.unique(engine.labels), np.unique(reference.labels)):
         e_idx = np.flatnonzero(engine.labels == label)
         r_idx = np.flatnonzero(reference.labels == label)
@@ -101,6 +108,7 @@ def match_detections(
                 continue
             best = candidates[np.argmin(dscore[row, candidates])]
             used[e_idx[best]] = True
+            pairs.append((int(e_idx[best]), int(r)))
             matched += 1
             worst_iou = min(worst_iou, float(iou[row, best]))
             worst_ds = max(worst_ds, float(dscore[row, best]))
@@ -112,4 +120,21 @@ def match_detections(
         for i in np.flatnonzero(~used)[:3]
     ]
     return MatchResult(matched, int((~used).sum()), len(unmatched_ref), worst_iou, worst_ds,
-                       iou_threshold, score_tolerance, examples)
+                       iou_threshold, score_tolerance, examples, pairs, _worst_mask_agreement(engine, reference, pairs))
+
+
+def _worst_mask_agreement(engine: Detections, reference: Detections, pairs) -> float | None:
+    if engine.masks is None or reference.masks is None:
+        return None
+    from pycocotools import mask as mask_util
+
+    worst = 1.0
+    for e, r in pairs:
+        a, b = mask_util.decode(_rle(engine.masks[e])), mask_util.decode(_rle(reference.masks[r]))
+        worst = min(worst, float((a == b).mean()))
+    return worst
+
+
+def _rle(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}

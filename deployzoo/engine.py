@@ -63,7 +63,7 @@ def make_backend(
             raise DeployzooError("the pytorch backend needs the model (a checkpoint or stand-in weights)")
         from deployzoo.backends.pytorch_backend import PyTorchBackend
 
-        return PyTorchBackend(model, spec.input_name, spec.input_hw, spec.output_names, batch_size, threads)
+        return PyTorchBackend(model, spec.graph_input_dims(), spec.output_names, batch_size, threads)
     from deployzoo.backends import BACKENDS
 
     raise DeployzooError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")

@@ -26,7 +26,7 @@ def run_main_job(
     batch_sizes: Sequence[int] = (1, 2, 4),
     eval_batch: int = 4,
     num_images: int = 12,
-    protocol: str = "clean",
+    protocol: str | None = None,
     bench_seconds: float = 3.0,
     bench_iters: int = 10,
     compare_images: int = 4,
@@ -51,6 +51,7 @@ def run_main_job(
             f"NOTE: no dataset given: evaluated on {num_images} generated synthetic images in the "
             f"{spec.evaluation.dataset_name} layout ({data}); the accuracy is not comparable with the published figure."
         )
+    protocol = protocol or spec.evaluation.protocols[0]
     for n in notes:
         _say(n)
 
@@ -77,7 +78,7 @@ def run_main_job(
     _say(f"[4/5] pure-inference benchmark, batch sizes {list(batch_sizes)}")
     bench = bench_sweep(
         lambda b: make_backend("onnxruntime", spec, b, onnx_path=exported.path, threads=threads),
-        batch_sizes, warmup=2, min_iters=bench_iters, min_seconds=bench_seconds,
+        batch_sizes, inputs_for=spec.make_example_inputs, warmup=2, min_iters=bench_iters, min_seconds=bench_seconds,
     )
     _say(sweep_table(bench))
     write_csv(out / "bench.csv", [{"batch": r.batch_size, **(r.stats.to_dict() if r.ok else {"error": r.error})}

@@ -34,8 +34,8 @@ class Engine:
     onnx_path: Path | None
     weights: str
 
-    def infer(self, batch: np.ndarray, ids: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        return self.backend.infer({self.spec.input_name: batch})
+    def infer(self, feeds: dict[str, np.ndarray], ids: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        return self.backend.infer(feeds)
 
     def describe(self) -> dict[str, Any]:
         return {**self.backend.describe(), "weights": self.weights}
@@ -79,7 +79,7 @@ def predict_files(
     postprocess = spec.make_postprocess()
     items = [ImageItem(Path(p).name, str(p)) for p in paths]
     run = run_dataset(items, spec.preprocess, engine.infer, postprocess, batch_size or engine.backend.batch_size,
-                      workers=0, progress=False)
+                      spec.make_feeds, workers=0, progress=False)
     return records_for(spec, [(item.image_id, run.results[item.image_id].top(max_dets, score_threshold))
                               for item in items])
 
@@ -115,7 +115,7 @@ def evaluate_dataset(
     batch_size: int,
     out_dir: str | Path,
     fingerprint: dict[str, Any],
-    protocol: str = "clean",
+    protocol: str | None = None,
     resume: bool = False,
     skip_bad: bool = False,
     workers: int = 1,
@@ -124,6 +124,7 @@ def evaluate_dataset(
 ) -> EvalOutcome:
     """Stream the task's split through ``infer``; write detections.json and metrics.json to ``out_dir``."""
     task = spec.evaluation
+    protocol = protocol or task.protocols[0]
     if protocol not in task.protocols:
         raise DeployzooError(f"unknown protocol '{protocol}' for {task.metric_name}; choose from {', '.join(task.protocols)}")
     out_dir = Path(out_dir)
@@ -133,12 +134,14 @@ def evaluate_dataset(
     annotations = {i: annotations[i] for i in ids}
     items = [ImageItem(i, str(dataset.image_path(i)), str(dataset.split_file)) for i in ids]
     store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
-    run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, store=store,
+    run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name)
     bad_images = {s["image_id"] for s in run.skipped}
     evaluated = {i: a for i, a in annotations.items() if i not in bad_images}
     metrics = task.evaluate(run.results, evaluated, protocol=protocol)
     write_predictions(out_dir / "detections.json", records_for(spec, [(i, run.results[i]) for i in evaluated]))
+    if hasattr(task, "results_records"):  # the dataset's own results format (COCO results JSON)
+        write_predictions(out_dir / "coco_results.json", task.results_records(metrics))
     summary = {
         "model": spec.name,
         "dataset": task.dataset_name,
@@ -146,6 +149,7 @@ def evaluate_dataset(
         "images_evaluated": len(evaluated),
         "images_skipped": [{"image_id": i, "problem": p} for i, p in bad_annotations] + run.skipped,
         "images_resumed": run.resumed,
+        "protocol": protocol,
         "headline": {"metric": task.metric_name, "value": task.headline(metrics), "published": spec.published.value},
         "metrics": metrics.to_dict(),
         "stages": run.timer.to_dict(),
@@ -157,19 +161,23 @@ def evaluate_dataset(
 
 def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> InferFn:
     """An InferFn that reads the vendor tool's output dumps (``<stem>_<k>.bin``) instead of running a model."""
-    from deployzoo.data.vendor_bin import find_dumps, load_dump
+    from deployzoo.data.vendor_bin import find_dumps, read_bin
 
     if not spec.output_shapes:
         raise DeployzooError(f"{spec.name} has no fixed output shapes, so its dumps cannot be read")
     shapes = [spec.output_shapes[n] for n in spec.output_names]
     index = find_dumps(dumps_dir, list(stems), len(shapes))
 
-    def infer(batch: np.ndarray, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        per_image = [load_dump(index, stem, shapes) for stem in ids]
+    dtypes = [np.dtype(spec.output_dtypes.get(n, "float32")) for n in spec.output_names]
+
+    def infer(feeds: dict[str, np.ndarray], ids: Sequence[str]) -> dict[str, np.ndarray]:
+        batch = feeds[spec.input_name].shape[0]
+        per_image = [[read_bin(index.path(stem, k), shape, dtype) for k, (shape, dtype) in enumerate(zip(shapes, dtypes))]
+                     for stem in ids]
         outputs = {}
         for k, name in enumerate(spec.output_names):
             rows = [arrays[k] for arrays in per_image]
-            rows += [np.zeros_like(rows[0])] * (batch.shape[0] - len(rows))  # padding of a short batch
+            rows += [np.zeros_like(rows[0])] * (batch - len(rows))  # padding of a short batch
             outputs[name] = np.stack(rows)
         return outputs
 

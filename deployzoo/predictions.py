@@ -2,7 +2,8 @@
 
 ``predictions.json`` is a list of ``{"file_name", "category", "category_id", "bbox": [x, y, w, h],
 "score"}`` in original-image pixels, one record per detection, images in the order given, detections
-in the model's own output order. Detection models' ``category_id`` is the dataset's id (VOC: 1..20 in
+in the model's own output order; instance-segmentation models add ``"segmentation"``, the COCO RLE
+(``{"size": [H, W], "counts": str}``) of the mask at the original resolution. Detection models' ``category_id`` is the dataset's id (VOC: 1..20 in
 alphabetical class order, i.e. the original label index with background = 0).
 """
 from __future__ import annotations
@@ -20,15 +21,20 @@ def category_id(spec: ModelSpec, label: int) -> int:
 
 def detection_records(spec: ModelSpec, file_name: str, detections: Detections) -> list[dict]:
     records = []
-    for box, score, label in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist()):
+    for k, (box, score, label) in enumerate(
+        zip(detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist())
+    ):
         x1, y1, x2, y2 = box
-        records.append({
+        record = {
             "file_name": file_name,
             "category": spec.class_names[label],
             "category_id": category_id(spec, label),
             "bbox": [x1, y1, x2 - x1, y2 - y1],
             "score": score,
-        })
+        }
+        if detections.masks is not None:
+            record["segmentation"] = detections.masks[k]
+        records.append(record)
     return records
 
 

@@ -8,6 +8,7 @@ Adding a model = one module in ``deployzoo/models`` that defines a ``SPEC``, and
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,11 +47,42 @@ class ModelSpec:
     category_ids: tuple[int, ...] | None = None  # dataset category id per class; default: index + 1
     # dz-init-v1 gain rules for stand-in weights, (regex, gain); "1d:" prefix = 1-D scales (see checkpoints.synthetic)
     synthetic_gains: tuple[tuple[str, float], ...] = ()
+    # Graph inputs per image (no batch dim), None = free; default {input_name: (3, *input_hw)}.
+    input_dims: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    # (preprocessed arrays, metas, batch_size) -> graph inputs; default: stack, zero rows for padding.
+    collate: Callable[[list[np.ndarray], list[Any], int], dict[str, np.ndarray]] | None = None
+    # batch_size -> deterministic graph inputs for tracing and pure-inference benchmarks.
+    example_inputs: Callable[[int], dict[str, np.ndarray]] | None = None
+    output_dtypes: dict[str, str] = field(default_factory=dict)  # name -> numpy dtype when not float32
+    # `deployzoo run` settings that differ from the defaults (keys of job.run_main_job: num_images, ...).
+    run_defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self.graph_input_dims())
+
+    def graph_input_dims(self) -> dict[str, tuple[int | None, ...]]:
+        return dict(self.input_dims) or {self.input_name: (3, *self.input_hw)}
+
+    def make_feeds(self, arrays: list[np.ndarray], metas: list[Any], batch_size: int) -> dict[str, np.ndarray]:
+        """Graph inputs for one batch of preprocessed images (a short batch is padded)."""
+        if self.collate is not None:
+            return self.collate(arrays, metas, batch_size)
+        from deployzoo.engine import stack_batch
+
+        return {self.input_name: stack_batch(arrays, batch_size)[0]}
+
+    def make_example_inputs(self, batch_size: int) -> dict[str, np.ndarray]:
+        if self.example_inputs is not None:
+            return self.example_inputs(batch_size)
+        rng = np.random.default_rng(0)
+        return {self.input_name: (rng.standard_normal((batch_size, 3, *self.input_hw)) * 50.0).astype(np.float32)}
 
 
 # name -> "module:attribute" holding the ModelSpec; modules are imported on first use.
 _ZOO: dict[str, str] = {
     "refinedet320-vgg16-voc": "deployzoo.models.refinedet:SPEC_320_VOC",
+    "mmdet-mask-rcnn-r50-fpn-1x": "deployzoo.models.mask_rcnn:SPEC",
 }
 
 
@@ -59,7 +91,18 @@ def model_names() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    if name not in _ZOO:
+    """The spec of ``name``; ``name@HxW`` is its fixed-canvas variant where the model offers one."""
+    base, _, canvas = name.partition("@")
+    if base not in _ZOO:
         raise DeployzooError(f"unknown model '{name}'; the zoo has: {', '.join(_ZOO)}")
-    module_name, attr = _ZOO[name].split(":")
-    return getattr(importlib.import_module(module_name), attr)
+    module_name, attr = _ZOO[base].split(":")
+    module = importlib.import_module(module_name)
+    if not canvas:
+        return getattr(module, attr)
+    match = re.fullmatch(r"(\d+)x(\d+)", canvas)
+    if match is None or not hasattr(module, "make_spec"):
+        raise DeployzooError(f"'{name}': {base} has no fixed-canvas variant '@{canvas}' (expected @HxW, e.g. @800x1216)")
+    h, w = int(match.group(1)), int(match.group(2))
+    if h % 32 or w % 32:
+        raise DeployzooError(f"'{name}': the canvas sides must be multiples of 32")
+    return module.make_spec(canvas_hw=(h, w))

@@ -16,15 +16,16 @@ from tqdm import tqdm
 
 from deployzoo.bench.timing import StageTimer
 from deployzoo.data.loader import BadImage, ImageItem, PreparedImage, prepared_images
-from deployzoo.engine import split_outputs, stack_batch
+from deployzoo.engine import split_outputs
 from deployzoo.errors import BadInputError, DeployzooError
 from deployzoo.structures import Detections
 
-InferFn = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]  # (batch [B,3,H,W], ids) -> outputs
+InferFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]  # (graph inputs, ids) -> outputs
+CollateFn = Callable[[list[np.ndarray], list[Any], int], dict[str, np.ndarray]]  # ModelSpec.make_feeds
 
 
 class ResultStore:
-    """Per-image detections on disk as numbered .npz shards plus a run fingerprint.
+    """Per-image detections (masks as RLE JSON) on disk as numbered .npz shards plus a run fingerprint.
 
     A shard is written to a temporary name and renamed, so a kill leaves either a whole shard or
     none. ``fingerprint`` (model, weights, engine, preprocessing...) must match to resume.
@@ -59,9 +60,10 @@ class ResultStore:
             with np.load(shard, allow_pickle=False) as data:
                 ids, counts = data["ids"].tolist(), data["counts"]
                 bounds = np.concatenate([[0], np.cumsum(counts)])
+                masks = json.loads(str(data["masks"])) if "masks" in data else [None] * len(ids)
                 for i, image_id in enumerate(ids):
                     a, b = bounds[i], bounds[i + 1]
-                    results[image_id] = Detections(data["boxes"][a:b], data["scores"][a:b], data["labels"][a:b])
+                    results[image_id] = Detections(data["boxes"][a:b], data["scores"][a:b], data["labels"][a:b], masks[i])
                 skipped += json.loads(str(data["skipped"]))
         return results, skipped
 
@@ -74,6 +76,7 @@ class ResultStore:
             "scores": np.concatenate([d.scores for d in dets]) if dets else np.zeros((0,), np.float32),
             "labels": np.concatenate([d.labels for d in dets]) if dets else np.zeros((0,), np.int64),
             "skipped": np.asarray(json.dumps(list(skipped))),
+            "masks": np.asarray(json.dumps([d.masks for d in dets])),  # RLEs (instance segmentation) or None
         }
         final = self.shard_dir / f"shard-{self._next:06d}.npz"
         temporary = final.with_suffix(".tmp.npz")
@@ -98,6 +101,7 @@ def run_dataset(
     infer: InferFn,
     postprocess: Callable[[dict[str, np.ndarray], Any], Detections],
     batch_size: int,
+    collate: CollateFn,
     store: ResultStore | None = None,
     workers: int = 1,
     skip_bad: bool = False,
@@ -106,7 +110,8 @@ def run_dataset(
 ) -> DatasetRun:
     """Run ``items`` through preprocess -> infer -> postprocess in batches of ``batch_size``.
 
-    A last short batch is padded with zeros to ``batch_size`` and the padding's outputs dropped.
+    ``collate`` turns a batch of preprocessed images into graph inputs (``ModelSpec.make_feeds``); a
+    last short batch is padded to ``batch_size`` and the padding's outputs dropped.
     A bad image raises BadInputError naming it (after the batches before it are stored), or with
     ``skip_bad`` is recorded in ``skipped`` and left out.
     """
@@ -125,7 +130,8 @@ def run_dataset(
     def flush() -> None:
         finished_batch: list[tuple[str, Detections]] = []
         if batch:
-            inputs, count = stack_batch([p.array for p in batch], batch_size)
+            count = len(batch)
+            inputs = collate([p.array for p in batch], [p.meta for p in batch], batch_size)
             with timer.stage("infer"):
                 outputs = infer(inputs, [p.image_id for p in batch])
             with timer.stage("postprocess"):

@@ -8,7 +8,7 @@ import numpy as np
 
 from deployzoo.compare import MatchResult, TensorDiff, match_detections, tensor_diff
 from deployzoo.data.loader import BadImage, ImageItem, prepared_images
-from deployzoo.engine import split_outputs, stack_batch
+from deployzoo.engine import split_outputs
 from deployzoo.errors import BadInputError
 
 
@@ -46,7 +46,10 @@ class Agreement:
             f"Detections: {m.matched} matched one to one, {m.unmatched_engine} engine-only, "
             f"{m.unmatched_reference} reference-only (same label, IoU > {m.iou_threshold}, "
             f"|score diff| < {m.score_tolerance:g}); worst matched IoU {m.worst_iou:.6f}, "
-            f"worst score diff {m.worst_score_diff:.2e}.",
+            f"worst score diff {m.worst_score_diff:.2e}."
+            + ("" if m.worst_mask_agreement is None else
+               f" Masks: matched pairs agree on at least {100 * m.worst_mask_agreement:.3f}% of pixels "
+               f"(need > {100 * m.mask_agreement_threshold:g}%)."),
             f"Verdict: **{'PASS' if self.ok else 'FAIL'}** over {self.images} images.",
         ]
         return "\n".join(lines)
@@ -66,10 +69,11 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
         prepared.append(p)
     for start in range(0, len(prepared), batch_size):
         chunk = prepared[start : start + batch_size]
-        batch, count = stack_batch([p.array for p in chunk], batch_size)
+        count = len(chunk)
+        feeds = spec.make_feeds([p.array for p in chunk], [p.meta for p in chunk], batch_size)
         ids = [p.image_id for p in chunk]
-        out_e = engine.infer(batch, ids)
-        out_r = _reference_infer(reference, batch, ids, count)
+        out_e = engine.infer(feeds, ids)
+        out_r = _reference_infer(reference, feeds, ids, count)
         for name in spec.output_names:
             diff = tensor_diff(name, out_e[name][:count], out_r[name][:count])
             if name not in worst or diff.max_rel > worst[name].max_rel:
@@ -91,14 +95,20 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
     )
 
 
-def _reference_infer(reference, batch: np.ndarray, ids, count: int) -> dict[str, np.ndarray]:
-    """The reference may have another batch size (PyTorch runs any): feed it the real images only."""
+def _reference_infer(reference, feeds: dict[str, np.ndarray], ids, count: int) -> dict[str, np.ndarray]:
+    """The reference may have another batch size (PyTorch runs any): feed it the real rows of the same
+    inputs (same padded canvas), in sub-batches padded with zero rows."""
     ref_batch = reference.backend.batch_size
-    if ref_batch == batch.shape[0]:
-        return reference.infer(batch, ids)
+    if ref_batch == next(iter(feeds.values())).shape[0]:
+        return reference.infer(feeds, ids)
     parts = []
     for start in range(0, count, ref_batch):
-        sub, n = stack_batch(list(batch[start : min(count, start + ref_batch)]), ref_batch)
+        n = min(count, start + ref_batch) - start
+        sub = {}
+        for name, value in feeds.items():
+            rows = np.zeros((ref_batch, *value.shape[1:]), dtype=value.dtype)
+            rows[:n] = value[start : start + n]
+            sub[name] = rows
         parts.append({k: v[:n] for k, v in reference.infer(sub, ids).items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -113,4 +123,6 @@ def _match_pooled(engine_dets, reference_dets) -> MatchResult:
         worst_iou=min((m.worst_iou for m in per_image), default=1.0),
         worst_score_diff=max((m.worst_score_diff for m in per_image), default=0.0),
         examples=[x for m in per_image for x in m.examples][:6],
+        worst_mask_agreement=min((m.worst_mask_agreement for m in per_image if m.worst_mask_agreement is not None),
+                                 default=None),
     )

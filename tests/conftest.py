@@ -67,3 +67,48 @@ def refinedet_case() -> dict:
     case = json.loads((FIXTURES / REFINEDET / "case-1.json").read_text())
     arrays = dict(np.load(FIXTURES / REFINEDET / "case-1.npz"))
     return {"json": case, "arrays": arrays, "image": FIXTURES / REFINEDET / "case-1.png"}
+
+
+MASK_RCNN = "mmdet-mask-rcnn-r50-fpn-1x"
+
+
+@pytest.fixture(scope="session")
+def mask_rcnn_spec():
+    from deployzoo.registry import get_spec
+
+    return get_spec(MASK_RCNN)
+
+
+@pytest.fixture(scope="session")
+def mask_rcnn_checkpoint(tmp_path_factory) -> Path:
+    """The fixture's weights (dz-init-v1, seed 0) in mmdetection's container: {'state_dict', 'meta'}."""
+    keys = json.loads((FIXTURES / MASK_RCNN / "keys.json").read_text())
+    weights = make_state_dict(keys["tensors"], seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth"
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    torch.save({"state_dict": state, "meta": {"mmdet_version": "2.0.0", "CLASSES": ["person"]}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mask_rcnn_loaded(mask_rcnn_spec, mask_rcnn_checkpoint):
+    from deployzoo.engine import load_model
+
+    return load_model(mask_rcnn_spec, mask_rcnn_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def mask_rcnn_onnx(tmp_path_factory, mask_rcnn_loaded) -> Path:
+    """Dynamic batch and size export of the fixture-weights Mask R-CNN."""
+    from deployzoo.pipeline import export_model
+
+    path = tmp_path_factory.mktemp("onnx") / "mask-rcnn-dyn.onnx"
+    export_model(mask_rcnn_loaded, path, dynamic_batch=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mask_rcnn_case() -> dict:
+    case = json.loads((FIXTURES / MASK_RCNN / "case-1.json").read_text())
+    arrays = dict(np.load(FIXTURES / MASK_RCNN / "case-1.npz"))
+    return {"json": case, "arrays": arrays, "image": FIXTURES / MASK_RCNN / "case-1.png"}

@@ -14,13 +14,14 @@ class PyTorchBackend(Backend):
 
     name = "pytorch"
 
-    def __init__(self, model: torch.nn.Module, input_name: str, input_hw: tuple[int, int],
+    def __init__(self, model: torch.nn.Module, input_dims: dict[str, tuple[int | None, ...]],
                  output_names: tuple[str, ...], batch_size: int = 1, threads: int = 0, source: str = ""):
+        """``input_dims``: graph inputs in forward-argument order, per image (None = free dim)."""
         super().__init__()
         self.model = model.eval()
         self.batch_size = batch_size
         self.threads = threads
-        self.input_shapes = {input_name: (batch_size, 3, *input_hw)}
+        self.input_shapes = {name: (batch_size, *dims) for name, dims in input_dims.items()}
         self.output_names = list(output_names)
         self.source = source or type(model).__name__
         if threads:
@@ -28,9 +29,9 @@ class PyTorchBackend(Backend):
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_inputs(inputs)
-        (name,) = self.input_shapes
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32)) for name in self.input_shapes]
         with torch.inference_mode():
-            outputs = self.model(torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32)))
+            outputs = self.model(*args)
         return {n: o.numpy() for n, o in zip(self.output_names, outputs)}
 
     def describe(self) -> dict[str, Any]:

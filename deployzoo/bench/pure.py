@@ -160,19 +160,22 @@ def bench_pure(
 def bench_sweep(
     make_backend: Callable[[int], Backend],
     batch_sizes: Iterable[int],
+    inputs_for: Callable[[int], dict[str, np.ndarray]] | None = None,
     **kw: Any,
 ) -> list[PureBenchResult]:
     """``bench_pure`` once per batch size, with a fresh backend each (closed afterwards).
 
     A batch size whose backend fails to load or run becomes a cell with ``error`` set and
-    ``stats`` None; the sweep goes on. ``kw`` is passed to ``bench_pure``.
+    ``stats`` None; the sweep goes on. ``inputs_for(batch)`` gives the inputs of each cell (needed
+    when the graph has free spatial dims); ``kw`` is passed to ``bench_pure``.
     """
     results: list[PureBenchResult] = []
     for bs in batch_sizes:
         backend: Backend | None = None
         try:
             backend = make_backend(bs)
-            results.append(bench_pure(backend, **kw))
+            inputs = inputs_for(bs) if inputs_for is not None else None
+            results.append(bench_pure(backend, inputs=inputs, **kw))
         except Exception as e:  # one bad cell (OOM, unsupported batch) must not lose the others
             results.append(_failed_cell(backend, bs, e))
         finally:

@@ -13,6 +13,7 @@ from deployzoo import __version__
 from deployzoo.errors import DeployzooError
 
 DEFAULT_OPSET = 17
+_AXIS_NAMES = {3: {1: "height", 2: "width"}}  # free dims of a [C, H, W] input
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -37,34 +38,40 @@ def export_onnx(
 ) -> ExportResult:
     """Trace ``model`` (a zoo model in eval mode) to ``out_path`` and check the file.
 
-    Input ``spec.input_name`` float32 [B, 3, H, W] (B fixed, or a named free dim with ``dynamic_batch``);
-    outputs ``spec.output_names``. Raises DeployzooError if the checker fails or a non-default domain op
-    slipped in.
+    Inputs ``spec.graph_input_dims()`` with a batch dim in front (B fixed, or a named free dim with
+    ``dynamic_batch``; dims the spec leaves free, such as H and W, are named free dims); outputs
+    ``spec.output_names``. Raises DeployzooError if the checker fails or a non-default domain op slipped in.
     """
     if batch_size < 1:
         raise DeployzooError(f"batch size must be >= 1, got {batch_size}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = spec.input_hw
-    # A deterministic, image-like trace input; exactness is checked later on different inputs.
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn((batch_size, 3, h, w), generator=generator) * 50.0
-    dynamic_axes = None
+    # Deterministic trace inputs; exactness is checked later on different inputs.
+    examples = {k: torch.from_numpy(v) for k, v in spec.make_example_inputs(batch_size).items()}
+    input_dims = spec.graph_input_dims()
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    for name, dims in input_dims.items():
+        axes = {1 + i: f"{name}_{_AXIS_NAMES.get(len(dims), {}).get(i, f'dim{i}')}" for i, d in enumerate(dims) if d is None}
+        if dynamic_batch:
+            axes[0] = "batch"
+        if axes:
+            dynamic_axes[name] = axes
     if dynamic_batch:
-        dynamic_axes = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in spec.output_names}}
+        dynamic_axes.update({n: {0: "batch"} for n in spec.output_names})
+    args = tuple(examples[name] for name in input_dims)
     model = model.eval()
     with torch.no_grad():
-        reference_outputs = model(example)
+        reference_outputs = model(*args)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             model,
-            (example,),
+            args,
             str(out_path),
-            input_names=[spec.input_name],
+            input_names=list(input_dims),
             output_names=list(spec.output_names),
             opset_version=opset,
-            dynamic_axes=dynamic_axes,
+            dynamic_axes=dynamic_axes or None,
             dynamo=False,
             do_constant_folding=True,
         )
@@ -78,7 +85,8 @@ def export_onnx(
         "deployzoo.task": spec.task,
         "deployzoo.dataset": spec.dataset,
         "deployzoo.input": json.dumps({"name": spec.input_name, "layout": "NCHW", "hw": list(spec.input_hw),
-                                       "batch": None if dynamic_batch else batch_size}),
+                                       "batch": None if dynamic_batch else batch_size,
+                                       "inputs": {n: [None if d is None else d for d in dims] for n, dims in input_dims.items()}}),
         "deployzoo.preprocessing": spec.preprocess_description,
         "deployzoo.class_names": json.dumps(list(spec.class_names)),
         "deployzoo.outputs": json.dumps({n: spec.output_notes.get(n, "") for n in spec.output_names}),

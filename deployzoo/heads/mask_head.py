@@ -1,0 +1,31 @@
+"""The FCN mask head of Mask R-CNN (mmdet FCNMaskHead, detectron2 MaskRCNNConvUpsampleHead)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class FCNMaskHead(nn.Module):
+    """RoI features [R, C, 14, 14] -> 4 x (3x3 conv + ReLU) -> 2x2 stride-2 deconv + ReLU -> 1x1 conv
+    to one 28x28 logit map per class."""
+
+    def __init__(self, in_channels: int = 256, conv_channels: int = 256, num_convs: int = 4, num_classes: int = 80):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels if i == 0 else conv_channels, conv_channels, 3, padding=1) for i in range(num_convs)
+        )
+        self.upsample = nn.ConvTranspose2d(conv_channels, conv_channels, 2, stride=2)
+        self.conv_logits = nn.Conv2d(conv_channels, num_classes, 1)
+
+    def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
+        x = roi_features
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.conv_logits(F.relu(self.upsample(x)))
+
+
+def class_mask_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sigmoid of each RoI's own class channel: logits [R, K, M, M], labels [R] (-1 = padding) -> [R, M, M]."""
+    index = labels.clamp(min=0).reshape(-1, 1, 1, 1).expand(-1, 1, logits.shape[2], logits.shape[3])
+    return torch.gather(logits, 1, index)[:, 0].sigmoid()

@@ -1,0 +1,259 @@
+"""Mask R-CNN R50-FPN 1x from an mmdetection checkpoint (spec section 4), with mmdetection 3.x test semantics.
+
+Graph contract (everything after preprocessing runs inside the graph, with standard ONNX ops):
+  inputs  image [B,3,H,W] float32 (normalised RGB, zero-padded bottom/right), img_hw [B,2] float32 (each
+          image's resized, unpadded (h, w): every clip uses it, never the padded canvas);
+  outputs boxes [B,100,4] (x1,y1,x2,y2 in network-input pixels), scores [B,100], labels [B,100] int64
+          (0-based COCO class, -1 = padding), num_dets [B] int64, masks [B,100,28,28] (sigmoid probability
+          of each detection's own class, before pasting).
+The host divides the boxes by the resize factors and pastes the 28x28 masks at the ORIGINAL resolution
+(not resized twice, which costs MMDeploy 1.0 mask AP).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deployzoo.backbones.resnet import ResNet
+from deployzoo.checkpoints import RenameRules
+from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+from deployzoo.heads.box_head import Shared2FCBoxHead
+from deployzoo.heads.mask_head import FCNMaskHead, class_mask_probs
+from deployzoo.heads.rpn import ProposalConfig, ProposalGenerator, RPNHead
+from deployzoo.necks.fpn import FPN
+from deployzoo.ops.box_coder import DeltaBoxCoder
+from deployzoo.ops.multiclass_nms import multiclass_nms
+from deployzoo.ops.roi_extractor import MultiLevelRoIAlign
+from deployzoo.registry import ModelSpec, PublishedFigure
+from deployzoo.structures import Detections
+from deployzoo.tasks.coco_detection import COCODetectionTask
+from deployzoo.transforms import ImageMeta, fit_size, keep_ratio_size, pad_batch, resize_normalize_rgb
+
+MMDET_MEAN_RGB = (123.675, 116.28, 103.53)
+MMDET_STD_RGB = (58.395, 57.12, 57.375)
+OUTPUT_NAMES = ("boxes", "scores", "labels", "num_dets", "masks")
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    num_classes: int = 80
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    roi_strides: tuple[int, ...] = (4, 8, 16, 32)
+    box_stds: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
+    score_threshold: float = 0.05
+    nms_iou: float = 0.5
+    max_dets: int = 100
+
+
+class RoIHead(nn.Module):
+    """mmdet StandardRoIHead: box branch on the proposals, mask branch on the final detections."""
+
+    def __init__(self, config: MaskRCNNConfig):
+        super().__init__()
+        self.config = config
+        self.bbox_roi_extractor = MultiLevelRoIAlign(7, config.roi_strides, sampling_ratio=0, aligned=True)
+        self.bbox_head = Shared2FCBoxHead(256, 7, 1024, config.num_classes)
+        self.mask_roi_extractor = MultiLevelRoIAlign(14, config.roi_strides, sampling_ratio=0, aligned=True)
+        self.mask_head = FCNMaskHead(256, 256, 4, config.num_classes)
+        self.coder = DeltaBoxCoder(stds=config.box_stds)
+
+    def box_outputs(self, features, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits [B, R, K+1] and deltas [B, R, 4K] for RoIs ``boxes`` [B, R, 4]."""
+        batch, rois = boxes.shape[:2]
+        flat, batch_index = _flatten_rois(boxes)
+        logits, deltas = self.bbox_head(self.bbox_roi_extractor(features, flat, batch_index))
+        return logits.reshape(batch, rois, -1), deltas.reshape(batch, rois, -1)
+
+    def detect(self, proposals, valid, logits, deltas, img_hw):
+        """Softmax, class-specific decode clipped to the image, multiclass NMS (mmdet 3.x: in resized scale)."""
+        batch, rois = proposals.shape[:2]
+        scores = logits.softmax(dim=-1)[..., : self.config.num_classes]
+        boxes = self.coder.decode(proposals[:, :, None, :], deltas.reshape(batch, rois, -1, 4), img_hw[:, None, None, :])
+        c = self.config
+        return multiclass_nms(boxes, scores, valid, c.score_threshold, c.nms_iou, c.max_dets)
+
+    def mask_probs(self, features, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch, dets = boxes.shape[:2]
+        flat, batch_index = _flatten_rois(boxes)
+        logits = self.mask_head(self.mask_roi_extractor(features, flat, batch_index))
+        probs = class_mask_probs(logits, labels.reshape(-1))
+        return probs.reshape(batch, dets, probs.shape[-2], probs.shape[-1])
+
+
+def _flatten_rois(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, rois = boxes.shape[:2]
+    batch_index = torch.arange(batch, dtype=torch.int64)[:, None].expand(batch, rois).reshape(-1)
+    return boxes.reshape(-1, 4), batch_index
+
+
+class MaskRCNN(nn.Module):
+    def __init__(self, config: MaskRCNNConfig = MaskRCNNConfig()):
+        super().__init__()
+        self.config = config
+        self.backbone = ResNet(depth=50, stride_in_1x1=False, norm="bn")
+        self.neck = FPN([256, 512, 1024, 2048], 256, extra="maxpool")
+        self.rpn_head = RPNHead(256, len(config.proposals.anchor_ratios) * len(config.proposals.anchor_scales))
+        self.proposal_generator = ProposalGenerator(config.proposals)
+        self.roi_head = RoIHead(config)
+
+    def features(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """FPN levels P2..P6."""
+        return tuple(self.neck(self.backbone(image)))
+
+    def propose(self, features, img_hw: torch.Tensor):
+        logits, deltas = self.rpn_head(features)
+        return self.proposal_generator(logits, deltas, img_hw)
+
+    def forward(self, image: torch.Tensor, img_hw: torch.Tensor):
+        features = self.features(image)
+        proposals, _, valid = self.propose(features, img_hw)
+        roi_features = features[: len(self.config.roi_strides)]
+        logits, deltas = self.roi_head.box_outputs(roi_features, proposals)
+        boxes, scores, labels, num_dets = self.roi_head.detect(proposals, valid, logits, deltas, img_hw)
+        masks = self.roi_head.mask_probs(roi_features, boxes, labels)
+        return boxes, scores, labels, num_dets, masks
+
+
+# ---------------------------------------------------------------------------------------------------
+# Host side: preprocessing (worker processes, torch-free), batching, post-processing.
+
+
+@dataclass(frozen=True)
+class MMDetPreprocess:
+    """mmdet test pipeline: cv2 BGR -> keep-ratio resize to ``scale`` (cv2 INTER_LINEAR) -> RGB, (x - mean) / std.
+
+    ``canvas_hw``: a fixed-shape export's canvas; images whose official size does not fit are resized
+    smaller so they do (see ``transforms.fit_size``).
+    """
+
+    scale: tuple[int, int] = (1333, 800)
+    canvas_hw: tuple[int, int] | None = None
+
+    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, ImageMeta]:
+        orig = bgr.shape[:2]
+        size = keep_ratio_size(orig, self.scale) if self.canvas_hw is None else fit_size(orig, self.scale, self.canvas_hw)
+        return resize_normalize_rgb(bgr, size, MMDET_MEAN_RGB, MMDET_STD_RGB)
+
+
+@dataclass(frozen=True)
+class PaddedCollate:
+    """Preprocessed images of one batch -> graph inputs: the images zero-padded to the batch's largest
+    size rounded up to 32 (or to ``canvas_hw``), and each image's resized (h, w)."""
+
+    canvas_hw: tuple[int, int] | None = None
+    divisor: int = 32
+
+    def __call__(self, arrays: list[np.ndarray], metas: list[ImageMeta], batch_size: int) -> dict[str, np.ndarray]:
+        image = pad_batch(arrays, batch_size, self.divisor, self.canvas_hw)
+        img_hw = np.zeros((batch_size, 2), dtype=np.float32)
+        img_hw[:] = image.shape[2:]  # padding rows: the canvas (their outputs are dropped)
+        for i, meta in enumerate(metas):
+            img_hw[i] = meta.resized_hw
+        return {"image": image, "img_hw": img_hw}
+
+
+def example_inputs(batch_size: int, hw: tuple[int, int] = (800, 1088)) -> dict[str, np.ndarray]:
+    """Deterministic graph inputs for tracing and pure-inference benchmarks: an image-like tensor at the
+    padded size of a typical 640x480 COCO image, with the true resized size 800x1067."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((batch_size, 3, *hw), dtype=np.float32)
+    img_hw = np.tile(np.asarray([[hw[0], min(hw[1], 1067)]], dtype=np.float32), (batch_size, 1))
+    return {"image": image, "img_hw": img_hw}
+
+
+class InstanceSegPostprocess:
+    """Graph outputs of one image -> Detections in original pixels with pasted, RLE-encoded masks.
+
+    mmdet 3.x order: boxes divided by the (w, h) resize factors in float32, masks pasted with those boxes
+    at the original size and binarised with >= ``mask_threshold``.
+    """
+
+    def __init__(self, mask_threshold: float = 0.5):
+        self.mask_threshold = mask_threshold
+
+    def __call__(self, outputs: dict[str, np.ndarray], meta: ImageMeta) -> Detections:
+        from deployzoo.ops.mask_paste import encode_rle, paste_masks
+
+        n = int(outputs["num_dets"])
+        (h, w), (rh, rw) = meta.orig_hw, meta.resized_hw
+        factor = np.asarray([rw / w, rh / h, rw / w, rh / h], dtype=np.float32)
+        boxes = (outputs["boxes"][:n].astype(np.float32) / factor).astype(np.float32)
+        masks = paste_masks(outputs["masks"][:n].astype(np.float32), boxes, (h, w), self.mask_threshold)
+        return Detections(boxes, outputs["scores"][:n].astype(np.float32), outputs["labels"][:n].astype(np.int64),
+                          encode_rle(masks))
+
+
+# The official file names the FPN and mask-head convs after mmcv's ConvModule (``.conv.``).
+CHECKPOINT_RULES = RenameRules(
+    renames=[
+        (r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"neck.lateral_convs.\1.\2"),
+        (r"neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)", r"neck.output_convs.\1.\2"),
+        (r"roi_head\.mask_head\.convs\.(\d+)\.conv\.(weight|bias)", r"roi_head.mask_head.convs.\1.\2"),
+    ],
+)
+
+# The fixture's dz-init-v1 gains, so stand-in weights produce detections and masks of sane sizes.
+SYNTHETIC_GAINS = (
+    (r"rpn_head\.rpn_cls\.weight", 2.0),
+    (r"rpn_head\.rpn_reg\.weight", 0.1),
+    (r"roi_head\.bbox_head\.fc_cls\.weight", 3.0),
+    (r"roi_head\.bbox_head\.fc_reg\.weight", 0.1),
+    (r"roi_head\.mask_head\.conv_logits\.weight", 20.0),
+)
+
+PREPROCESS_DESCRIPTION = (
+    "cv2 BGR uint8 -> keep-ratio resize to (1333, 800) (mmcv.imrescale: cv2.resize INTER_LINEAR on uint8) -> "
+    "RGB float32 (x - [123.675,116.28,103.53]) / [58.395,57.12,57.375] -> zero pad bottom/right to a multiple "
+    "of 32 (the batch's largest image); img_hw = resized (h, w)"
+)
+
+
+def build_mask_rcnn() -> MaskRCNN:
+    return MaskRCNN().eval()
+
+
+def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
+    """The registry entry; ``canvas_hw`` gives the fixed-shape variant (not bit-exact, see the README)."""
+    suffix = "" if canvas_hw is None else f"@{canvas_hw[0]}x{canvas_hw[1]}"
+    dims: dict[str, Any] = {"image": (3, None, None) if canvas_hw is None else (3, *canvas_hw), "img_hw": (2,)}
+    return ModelSpec(
+        name="mmdet-mask-rcnn-r50-fpn-1x" + suffix,
+        task="instance-segmentation",
+        dataset="COCO val2017",
+        input_hw=canvas_hw or (800, 1088),
+        checkpoint_format="mmdetection .pth: {'state_dict', 'meta'} (mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth)",
+        published=PublishedFigure("COCO box AP", 38.2, "mmdetection model zoo (mask AP 34.7), v2 and v3"),
+        class_names=COCO_CLASSES,
+        build_model=build_mask_rcnn,
+        checkpoint_rules=CHECKPOINT_RULES,
+        input_name="image",
+        output_names=OUTPUT_NAMES,
+        preprocess=MMDetPreprocess(canvas_hw=canvas_hw),
+        preprocess_description=PREPROCESS_DESCRIPTION,
+        make_postprocess=InstanceSegPostprocess,
+        evaluation=COCODetectionTask(),
+        output_shapes={"boxes": (100, 4), "scores": (100,), "labels": (100,), "num_dets": (), "masks": (100, 28, 28)},
+        output_dtypes={"labels": "int64", "num_dets": "int64"},
+        output_notes={
+            "boxes": "[B,100,4] x1,y1,x2,y2 in network-input pixels (divide by the resize factors)",
+            "scores": "[B,100] descending; padding rows 0",
+            "labels": "[B,100] int64 0-based COCO class (category id via the spec's table); padding -1",
+            "num_dets": "[B] int64 number of real rows",
+            "masks": "[B,100,28,28] sigmoid mask of each detection's class; paste at the original size",
+        },
+        category_ids=COCO_CATEGORY_IDS,
+        synthetic_gains=SYNTHETIC_GAINS,
+        input_dims=dims,
+        run_defaults={"num_images": 4, "eval_batch": 2, "batch_sizes": [1, 2], "bench_seconds": 1.0,
+                      "bench_iters": 3, "compare_images": 2},
+        collate=PaddedCollate(canvas_hw=canvas_hw),
+        example_inputs=partial(example_inputs, hw=canvas_hw or (800, 1088)),
+    )
+
+
+SPEC = make_spec()

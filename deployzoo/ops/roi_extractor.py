@@ -1,0 +1,75 @@
+"""Multi-level RoIAlign: each RoI is pooled from the one FPN level its size maps to."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from deployzoo.ops.roi_align import roi_align
+
+LEVEL_RULES = ("mmdet", "detectron2")
+
+
+def map_roi_levels(boxes: Tensor, num_levels: int, rule: str = "mmdet") -> Tensor:
+    """0-based level index [R] int64 for ``boxes`` [R, 4] (x1, y1, x2, y2), float32 maths as each framework.
+
+    mmdet (SingleRoIExtractor, finest_scale 56): floor(log2(sqrt(area) / 56 + 1e-6)), clamped to the levels.
+    detectron2 (assign_boxes_to_levels, canonical box 224 at level 4, levels from 2): floor(4 +
+    log2(sqrt(area) / 224 + 1e-8)) clamped to [2, 2 + num_levels - 1], minus 2.
+    """
+    boxes = boxes.to(torch.float32)
+    scale = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    if rule == "mmdet":
+        levels = torch.floor(torch.log2(scale / 56 + 1e-6))
+        return levels.clamp(min=0, max=num_levels - 1).to(torch.int64)
+    if rule == "detectron2":
+        levels = torch.floor(4 + torch.log2(scale / 224 + 1e-8))
+        return levels.clamp(min=2, max=2 + num_levels - 1).to(torch.int64) - 2
+    raise ValueError(f"unknown level rule {rule!r}; expected one of {LEVEL_RULES}")
+
+
+class MultiLevelRoIAlign(nn.Module):
+    """RoIAlign over FPN levels (mmdet SingleRoIExtractor, detectron2 ROIPooler with ROIAlignV2).
+
+    ``strides`` are the levels' strides, finest first; level i is sampled with spatial scale 1 / strides[i].
+    """
+
+    def __init__(
+        self,
+        output_size: int,
+        strides: Sequence[int],
+        sampling_ratio: int = 0,
+        aligned: bool = True,
+        level_rule: str = "mmdet",
+    ) -> None:
+        super().__init__()
+        if level_rule not in LEVEL_RULES:
+            raise ValueError(f"unknown level rule {level_rule!r}; expected one of {LEVEL_RULES}")
+        if not strides:
+            raise ValueError("MultiLevelRoIAlign needs at least one stride")
+        self.output_size = int(output_size)
+        self.strides = tuple(int(s) for s in strides)
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = bool(aligned)
+        self.level_rule = level_rule
+
+    def forward(self, features: list[Tensor], boxes: Tensor, batch_indices: Tensor) -> Tensor:
+        """``features`` one [N, C, H_i, W_i] map per stride, ``boxes`` [R, 4] in input pixels, ``batch_indices``
+        [R] int64 -> [R, C, out, out]."""
+        if len(features) != len(self.strides):
+            raise ValueError(f"got {len(features)} feature maps for {len(self.strides)} strides")
+        levels = map_roi_levels(boxes, len(self.strides), self.level_rule)
+        size = self.output_size
+        # Shape taken from tensors (not Python ints) so the exported graph keeps the number of RoIs dynamic.
+        out = features[0].new_zeros((boxes.shape[0], features[0].shape[1], size, size))
+        for level, (feature, stride) in enumerate(zip(features, self.strides)):
+            # The RoIs of this level, possibly none: NonZero -> Gather -> RoiAlign -> ScatterElements.
+            index = torch.nonzero(levels == level).squeeze(1)
+            pooled = roi_align(
+                feature, boxes[index], batch_indices[index], size, 1.0 / stride, self.sampling_ratio, self.aligned
+            )
+            # scatter, not ``out[index] = pooled``: the exporter's index_put bakes in a static reshape when a
+            # level happens to hold exactly one RoI in the trace.
+            out = out.scatter(0, index.view(-1, 1, 1, 1).expand_as(pooled), pooled)
+        return out

@@ -1,0 +1,138 @@
+"""Mask R-CNN against mmdetection 3.3's own outputs on the fixture weights (tests/fixtures/mmdet-mask-rcnn-r50-fpn-1x)."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from deployzoo.compare import match_detections, tensor_diff
+from deployzoo.structures import Detections
+
+pytestmark = pytest.mark.slow
+
+
+def _reference_input(case) -> np.ndarray:
+    """The reference network input: its uint8 BGR resize, normalised as DetDataPreprocessor does."""
+    bgr = case["arrays"]["input_bgr_chw"].astype(np.float32)[::-1]
+    mean = np.asarray([123.675, 116.28, 103.53], np.float32).reshape(3, 1, 1)
+    std = np.asarray([58.395, 57.12, 57.375], np.float32).reshape(3, 1, 1)
+    return (bgr - mean) / std
+
+
+@pytest.fixture(scope="module")
+def prepared(mask_rcnn_spec, mask_rcnn_case):
+    bgr = cv2.imread(str(mask_rcnn_case["image"]), cv2.IMREAD_COLOR)
+    array, meta = mask_rcnn_spec.preprocess(bgr)
+    feeds = mask_rcnn_spec.make_feeds([array], [meta], 1)
+    return array, meta, feeds
+
+
+@pytest.fixture(scope="module")
+def intermediates(mask_rcnn_loaded, prepared):
+    model = mask_rcnn_loaded.model
+    _, _, feeds = prepared
+    image, img_hw = torch.from_numpy(feeds["image"]), torch.from_numpy(feeds["img_hw"])
+    with torch.inference_mode():
+        features = model.features(image)
+        proposals, scores, valid = model.propose(features, img_hw)
+    return {"features": features, "proposals": proposals[0], "scores": scores[0], "valid": valid[0], "img_hw": img_hw}
+
+
+def test_preprocessing_is_bit_identical(prepared, mask_rcnn_case):
+    array, meta, feeds = prepared
+    assert list(meta.resized_hw) == mask_rcnn_case["json"]["preprocessing"]["resized_hw"]
+    assert list(feeds["image"].shape[2:]) == mask_rcnn_case["json"]["preprocessing"]["padded_hw"]
+    assert np.array_equal(array, _reference_input(mask_rcnn_case))
+    assert feeds["img_hw"].tolist() == [[800.0, 1067.0]]
+
+
+def test_checkpoint_loads_strictly(mask_rcnn_loaded):
+    counts = mask_rcnn_loaded.mapping_report.counts
+    assert counts.get("copied", 0) + counts.get("renamed", 0) == 360, counts
+    assert counts.get("renamed") == 24, counts  # FPN and mask-head ConvModule convs
+
+
+def test_fpn_features(intermediates, mask_rcnn_case):
+    a = mask_rcnn_case["arrays"]
+    p2, p5, p6 = intermediates["features"][0], intermediates["features"][3], intermediates["features"][4]
+    for name, ours in (("fpn_p2_c0_16", p2[0, :16]), ("fpn_p5", p5[0]), ("fpn_p6", p6[0])):
+        diff = tensor_diff(name, ours.numpy(), a[name])
+        assert diff.ok, diff
+
+
+def test_rpn_proposals(intermediates, mask_rcnn_case):
+    a = mask_rcnn_case["arrays"]
+    assert bool(intermediates["valid"].all())
+    ours = _by_score_then_box(intermediates["proposals"].numpy(), intermediates["scores"].numpy())
+    reference = _by_score_then_box(a["rpn_proposals"], a["rpn_scores"])
+    assert tensor_diff("rpn_scores", ours[1], reference[1]).ok
+    diff = tensor_diff("rpn_proposals", ours[0], reference[0])
+    assert diff.ok, diff
+
+
+def _by_score_then_box(boxes: np.ndarray, scores: np.ndarray):
+    """Both frameworks order equal scores arbitrarily (saturated sigmoids tie): compare in a canonical order."""
+    order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -scores))
+    return boxes[order], scores[order]
+
+
+def test_box_head_on_reference_proposals(mask_rcnn_loaded, intermediates, mask_rcnn_case):
+    a = mask_rcnn_case["arrays"]
+    model = mask_rcnn_loaded.model
+    with torch.inference_mode():
+        logits, deltas = model.roi_head.box_outputs(intermediates["features"][:4], torch.from_numpy(a["rpn_proposals"])[None])
+    assert tensor_diff("roi_cls_logits", logits[0].numpy(), a["roi_cls_logits"]).ok
+    assert tensor_diff("roi_bbox_deltas", deltas[0].numpy(), a["roi_bbox_deltas"]).ok
+
+
+def _reference_detections(mask_rcnn_case) -> tuple[Detections, np.ndarray]:
+    a = mask_rcnn_case["arrays"]
+    n, h, w = a["masks_shape"].tolist()
+    masks = np.unpackbits(a["masks_packed"], axis=1, count=h * w).reshape(n, h, w).astype(bool)
+    return Detections(a["boxes"], a["scores"], a["labels"]), masks
+
+
+def _check_predictions(records, mask_rcnn_case):
+    from deployzoo.ops.mask_paste import decode_rle
+
+    reference, reference_masks = _reference_detections(mask_rcnn_case)
+    boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)], np.float32).reshape(-1, 4)
+    from deployzoo.data.coco import COCO_CATEGORY_IDS
+
+    labels = np.asarray([COCO_CATEGORY_IDS.index(r["category_id"]) for r in records], np.int64)
+    ours = Detections(boxes, np.asarray([r["score"] for r in records], np.float32), labels)
+    match = match_detections(ours, reference)
+    assert match.matched == len(reference) == len(ours), match
+    masks = decode_rle([r["segmentation"] for r in records])
+    for i, j in match.pairs:
+        agreement = float((masks[i] == reference_masks[j]).mean())
+        assert agreement > 0.999, (i, j, agreement)
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "onnxruntime"])
+def test_predict_reproduces_reference_detections_and_masks(backend, tmp_path, mask_rcnn_checkpoint, mask_rcnn_onnx,
+                                                            mask_rcnn_case):
+    from deployzoo.cli import main
+
+    args = ["predict", "mmdet-mask-rcnn-r50-fpn-1x", str(mask_rcnn_case["image"]), "--backend", backend,
+            "--out", str(tmp_path)]
+    args += ["--checkpoint", str(mask_rcnn_checkpoint)] if backend == "pytorch" else ["--onnx", str(mask_rcnn_onnx)]
+    assert main(args) == 0
+    records = json.loads((tmp_path / "predictions.json").read_text())
+    _check_predictions(records, mask_rcnn_case)
+
+
+def test_mask_probabilities(mask_rcnn_loaded, prepared, mask_rcnn_case):
+    a = mask_rcnn_case["arrays"]
+    _, _, feeds = prepared
+    with torch.inference_mode():
+        boxes, scores, labels, num, masks = mask_rcnn_loaded.model(torch.from_numpy(feeds["image"]),
+                                                                   torch.from_numpy(feeds["img_hw"]))
+    n = int(num[0])
+    assert n == 100
+    assert np.array_equal(labels[0, :n].numpy(), a["labels"])
+    assert tensor_diff("scores", scores[0, :n].numpy(), a["scores"]).ok
+    assert tensor_diff("mask_probs_28x28", masks[0, :n].numpy(), a["mask_probs_28x28"]).ok
