@@ -20,10 +20,13 @@ class Agreement:
     engine: dict[str, Any]
     reference: dict[str, Any]
     tolerances: dict[str, str] = field(default_factory=dict)
+    # Outputs whose rows are ranked by score (after NMS): near-equal scores may swap rows, which the
+    # fixture rules allow, so these are reported but judged through the detection matching.
+    ranked: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return all(d.ok for d in self.outputs) and self.detections.ok
+        return all(d.ok for d in self.outputs if d.name not in self.ranked) and self.detections.ok
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,7 +42,8 @@ class Agreement:
     def table(self) -> str:
         lines = ["| output | max abs error | max rel error | tolerance (rel) | ok |", "|---|---:|---:|---:|---|"]
         for d in self.outputs:
-            lines.append(f"| {d.name} | {d.max_abs:.3e} | {d.max_rel:.3e} | {d.tolerance:.0e} | {'yes' if d.ok else 'NO'} |")
+            verdict = ("yes" if d.ok else "NO") if d.name not in self.ranked else ("yes" if d.ok else "rows swapped (see matching)")
+            lines.append(f"| {d.name} | {d.max_abs:.3e} | {d.max_rel:.3e} | {d.tolerance:.0e} | {verdict} |")
         m = self.detections
         lines += [
             "",
@@ -88,6 +92,7 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
         detections=matches,
         engine=engine.describe(),
         reference=reference.describe(),
+        ranked=tuple(spec.ranked_outputs),
         tolerances={
             "outputs": "max|engine - reference| <= 1e-4 * max(1, max|reference|)",
             "detections": "one-to-one: same label, IoU > 0.999, |score difference| < 1e-4",

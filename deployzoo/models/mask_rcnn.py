@@ -249,6 +249,7 @@ def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
         category_ids=COCO_CATEGORY_IDS,
         synthetic_gains=SYNTHETIC_GAINS,
         input_dims=dims,
+        ranked_outputs=("boxes", "scores", "labels", "masks"),
         run_defaults={"num_images": 4, "eval_batch": 2, "batch_sizes": [1, 2], "bench_seconds": 1.0,
                       "bench_iters": 3, "compare_images": 2},
         collate=PaddedCollate(canvas_hw=canvas_hw),

@@ -14,8 +14,16 @@ def clamped_k(x: torch.Tensor, k: int, dim: int = -1):
 
 
 def topk_clamped(x: torch.Tensor, k: int, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The min(k, length) largest values along ``dim``, sorted descending, with their indices."""
-    return torch.topk(x, clamped_k(x, k, dim), dim=dim, largest=True, sorted=True)
+    """The min(k, length) largest values along ``dim``, sorted descending, with their indices.
+
+    Equal values come lowest index first, as ONNX TopK specifies: stand-in weights saturate sigmoids
+    into exact ties, and a tie at the cut must pick the same element in eager mode and in every engine.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(x, clamped_k(x, k, dim), dim=dim, largest=True, sorted=True)
+    values, index = torch.sort(x, dim=dim, descending=True, stable=True)
+    k = clamped_k(x, k, dim)
+    return values.narrow(dim, 0, k), index.narrow(dim, 0, k)
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
