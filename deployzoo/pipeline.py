@@ -185,8 +185,12 @@ def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> 
 
 
 def write_bins(spec: ModelSpec, image_paths: Sequence[str | Path], out_dir: str | Path, workers: int = 0) -> tuple[Path, Path]:
-    """Preprocess images to raw float32 .bin files (one [3,H,W] array each) and two .info lists.
+    """Preprocess images to raw float32 .bin files, one per image and graph input, and two .info lists.
 
+    Each image's graph inputs at batch 1 are written exactly as the engine receives them (for R-CNN models
+    the image padded to a multiple of 32): the image input as ``<stem>.bin`` in ``out_dir``, any other
+    input (e.g. ``img_hw``) as ``<input name>/<stem>.bin``, the one-folder-per-input layout vendor tools
+    take for multi-input models.
     ``input.info``: index, .bin path, network input width and height (what the benchmark tool reads);
     ``images.info``: index, image path, ORIGINAL width and height (what post-processing needs).
     Returns both paths.
@@ -201,8 +205,13 @@ def write_bins(spec: ModelSpec, image_paths: Sequence[str | Path], out_dir: str 
     for index, prepared in enumerate(prepared_images(items_from_paths(image_paths), spec.preprocess, workers=workers)):
         if isinstance(prepared, BadImage):
             raise BadInputError(prepared.path, prepared.problem)
-        bin_path = write_bin(out_dir / f"{prepared.image_id}.bin", prepared.array)
+        feeds = spec.make_feeds([prepared.array], [prepared.meta], 1)
+        image = feeds[spec.input_name][0]
+        bin_path = write_bin(out_dir / f"{prepared.image_id}.bin", image)
+        for name, value in feeds.items():
+            if name != spec.input_name:
+                write_bin(out_dir / name / f"{prepared.image_id}.bin", value[0])
         h, w = prepared.meta.orig_hw
-        rows.append((index, str(bin_path.resolve()), prepared.array.shape[2], prepared.array.shape[1]))
+        rows.append((index, str(bin_path.resolve()), image.shape[2], image.shape[1]))
         image_rows.append((index, str(Path(prepared.path).resolve()), w, h))
     return write_info(out_dir / "input.info", rows), write_info(out_dir / "images.info", image_rows)

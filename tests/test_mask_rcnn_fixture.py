@@ -136,3 +136,63 @@ def test_mask_probabilities(mask_rcnn_loaded, prepared, mask_rcnn_case):
     assert np.array_equal(labels[0, :n].numpy(), a["labels"])
     assert tensor_diff("scores", scores[0, :n].numpy(), a["scores"]).ok
     assert tensor_diff("mask_probs_28x28", masks[0, :n].numpy(), a["mask_probs_28x28"]).ok
+
+
+class _FeaturesAndProposals(torch.nn.Module):
+    """The graph up to the RPN, exported on its own so ONNX Runtime's intermediates can be checked too."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, img_hw):
+        features = self.model.features(image)
+        proposals, scores, _ = self.model.propose(features, img_hw)
+        return features[0][:, :16], features[3], features[4], proposals, scores
+
+
+def test_onnxruntime_features_and_proposals(mask_rcnn_loaded, prepared, mask_rcnn_case, tmp_path):
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+
+    _, _, feeds = prepared
+    path = tmp_path / "rpn.onnx"
+    small = {k: torch.from_numpy(v) for k, v in mask_rcnn_loaded.spec.make_example_inputs(1).items()}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_FeaturesAndProposals(mask_rcnn_loaded.model).eval(), (small["image"], small["img_hw"]),
+                          str(path), input_names=["image", "img_hw"], opset_version=17, dynamo=False,
+                          dynamic_axes={"image": {2: "h", 3: "w"}})
+    proto = onnx.load(str(path))
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    onnx.save(proto, str(path))
+    p2, p5, p6, proposals, scores = ort.InferenceSession(str(path)).run(None, feeds)
+    a = mask_rcnn_case["arrays"]
+    for name, ours in (("fpn_p2_c0_16", p2[0]), ("fpn_p5", p5[0]), ("fpn_p6", p6[0])):
+        diff = tensor_diff(name, ours, a[name])
+        assert diff.ok, diff
+    ours = _by_score_then_box(proposals[0], scores[0])
+    reference = _by_score_then_box(a["rpn_proposals"], a["rpn_scores"])
+    assert tensor_diff("rpn_scores", ours[1], reference[1]).ok
+    assert tensor_diff("rpn_proposals", ours[0], reference[0]).ok
+
+
+def test_checkpoint_problems_are_reported_together(mask_rcnn_checkpoint, tmp_path):
+    from deployzoo.checkpoints import load_into_model
+    from deployzoo.errors import CheckpointError
+    from deployzoo.models.mask_rcnn import CHECKPOINT_RULES, build_mask_rcnn
+
+    state = torch.load(mask_rcnn_checkpoint, weights_only=True)
+    weights = state["state_dict"]
+    del weights["roi_head.mask_head.conv_logits.bias"]
+    weights["neck.fpn_convs.1.conv.weight"] = weights["neck.fpn_convs.1.conv.weight"][:, :128]
+    weights["roi_head.semantic_head.conv.weight"] = torch.zeros(1)
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError) as error:
+        load_into_model(build_mask_rcnn(), broken, CHECKPOINT_RULES)
+    message = str(error.value)
+    for key in ("roi_head.mask_head.conv_logits.bias", "neck.fpn_convs.1.conv.weight", "roi_head.semantic_head.conv.weight"):
+        assert key in message, message
