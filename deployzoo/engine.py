@@ -37,7 +37,8 @@ def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int 
     torch.manual_seed(seed)
     model = spec.build_model()
     if checkpoint is None:
-        model.load_state_dict(synthetic_state_dict(model, spec.synthetic_gains, seed=seed), strict=True)
+        weights = synthetic_state_dict(model, spec.synthetic_gains, seed=seed, checkpoint_key=spec.checkpoint_key)
+        model.load_state_dict(weights, strict=True)
         return LoadedModel(spec, model.eval(), DEFAULT_WEIGHTS_NOTE.format(seed=seed))
     report = load_into_model(model, checkpoint, spec.checkpoint_rules)
     return LoadedModel(spec, model.eval(), str(checkpoint), report)

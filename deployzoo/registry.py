@@ -54,6 +54,8 @@ class ModelSpec:
     # batch_size -> deterministic graph inputs for tracing and pure-inference benchmarks.
     example_inputs: Callable[[int], dict[str, np.ndarray]] | None = None
     output_dtypes: dict[str, str] = field(default_factory=dict)  # name -> numpy dtype when not float32
+    # Model state-dict name -> the official checkpoint's name (stand-in weights are generated under it).
+    checkpoint_key: Callable[[str], str] | None = None
     # Outputs whose rows are ranked by score after NMS (engine comparisons judge them by detection matching).
     ranked_outputs: tuple[str, ...] = ()
     # `deployzoo run` settings that differ from the defaults (keys of job.run_main_job: num_images, ...).

@@ -67,3 +67,40 @@ def test_delta_coder_identity_clamp_and_clip():
                           coder.decode(priors, torch.tensor([[1.0, 1.0, 0.5, 0.5]])))
     with pytest.raises(ValueError):
         DeltaBoxCoder()
+
+
+def test_to_bin_writes_each_graph_input(tmp_path):
+    from deployzoo.cli import main
+    from deployzoo.data.synthetic_coco import make_synthetic_coco
+    from deployzoo.data.vendor_bin import read_bin, read_info
+
+    data = make_synthetic_coco(tmp_path / "coco", num_images=2, seed=1)
+    assert main(["data", "to-bin", "mmdet-mask-rcnn-r50-fpn-1x", "--data", str(data), "--out", str(tmp_path / "bins")]) == 0
+    for row, original in zip(read_info(tmp_path / "bins" / "input.info"), read_info(tmp_path / "bins" / "images.info")):
+        assert row.width % 32 == 0 and row.height % 32 == 0
+        stem = row.path.rsplit("/", 1)[-1][: -len(".bin")]
+        img_hw = read_bin(tmp_path / "bins" / "img_hw" / f"{stem}.bin", (2,))
+        assert row.height - 32 < img_hw[0] <= row.height and row.width - 32 < img_hw[1] <= row.width
+        assert min(img_hw) == 800 or max(img_hw) == 1333  # the keep-ratio rule
+        assert read_bin(row.path, (3, row.height, row.width)).shape == (3, row.height, row.width)
+        assert original.width > 0
+
+
+def test_stand_in_weights_are_the_fixture_weights():
+    """The default run's stand-in equals the fixture's weights: generated under the official names."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from deployzoo.checkpoints import remap_state_dict
+    from deployzoo.engine import load_model
+
+    spec = get_spec("mmdet-mask-rcnn-r50-fpn-1x")
+    keys = json.loads((Path(__file__).parent / "fixtures" / spec.name / "keys.json").read_text())
+    official = {k: torch.from_numpy(np.asarray(v)) for k, v in sys.modules["dzinit"].make_state_dict(keys["tensors"], 0).items()}
+    model = load_model(spec).model
+    expected, _ = remap_state_dict(official, model.state_dict(), spec.checkpoint_rules)
+    state = model.state_dict()
+    assert set(state) == set(expected)
+    for name, value in expected.items():
+        assert torch.equal(state[name], value), name

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,14 +49,23 @@ def gain_for(name: str, ndim: int, rules: Sequence[tuple[str, float]]) -> float:
     return gain
 
 
-def synthetic_state_dict(model: torch.nn.Module, gain_rules: Sequence[tuple[str, float]] = (), seed: int = 0) -> dict[str, torch.Tensor]:
-    """dz-init-v1 values for every entry of ``model.state_dict()`` (checkpoint names = model names).
+def synthetic_state_dict(
+    model: torch.nn.Module,
+    gain_rules: Sequence[tuple[str, float]] = (),
+    seed: int = 0,
+    checkpoint_key: Callable[[str], str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """dz-init-v1 values for every entry of ``model.state_dict()``, keyed by model name.
 
-    ``gain_rules``: (regex, gain); a pattern prefixed "1d:" applies to 1-D scales, others to >= 2-D weights.
+    Each value is generated under the name the official checkpoint gives it (``checkpoint_key(model
+    name)``; the model name itself by default), so the stand-in equals the fixtures' weights.
+    ``gain_rules``: (regex on the checkpoint name, gain); a "1d:" prefix applies to 1-D scales, others to
+    >= 2-D weights.
     """
     out = {}
     for name, tensor in model.state_dict().items():
+        official = checkpoint_key(name) if checkpoint_key is not None else name
         dtype = str(tensor.dtype).replace("torch.", "")
-        gain = gain_for(name, tensor.dim(), gain_rules)
-        out[name] = torch.from_numpy(synthetic_tensor(name, tensor.shape, dtype, gain, seed))
+        gain = gain_for(official, tensor.dim(), gain_rules)
+        out[name] = torch.from_numpy(synthetic_tensor(official, tensor.shape, dtype, gain, seed))
     return out

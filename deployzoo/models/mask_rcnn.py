@@ -11,6 +11,7 @@ The host divides the boxes by the resize factors and pastes the 28x28 masks at t
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -197,6 +198,13 @@ CHECKPOINT_RULES = RenameRules(
     ],
 )
 
+def official_key(name: str) -> str:
+    """Our state-dict name -> the name in mmdetection's file (the inverse of CHECKPOINT_RULES)."""
+    name = re.sub(r"^neck\.output_convs\.(\d+)\.", r"neck.fpn_convs.\1.conv.", name)
+    name = re.sub(r"^neck\.lateral_convs\.(\d+)\.", r"neck.lateral_convs.\1.conv.", name)
+    return re.sub(r"^roi_head\.mask_head\.convs\.(\d+)\.", r"roi_head.mask_head.convs.\1.conv.", name)
+
+
 # The fixture's dz-init-v1 gains, so stand-in weights produce detections and masks of sane sizes.
 SYNTHETIC_GAINS = (
     (r"rpn_head\.rpn_cls\.weight", 2.0),
@@ -248,6 +256,7 @@ def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
         },
         category_ids=COCO_CATEGORY_IDS,
         synthetic_gains=SYNTHETIC_GAINS,
+        checkpoint_key=official_key,
         input_dims=dims,
         ranked_outputs=("boxes", "scores", "labels", "masks"),
         run_defaults={"num_images": 4, "eval_batch": 2, "batch_sizes": [1, 2], "bench_seconds": 1.0,
