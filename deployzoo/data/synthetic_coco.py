@@ -19,6 +19,7 @@ import numpy as np
 
 from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from deployzoo.data.images import write_jpeg
+from deployzoo.data.synthetic_draw import class_colour, textured_background
 from deployzoo.ops.mask_paste import PYCOCOTOOLS_NUMPY2_WARNING
 
 _SUPERCATEGORIES: tuple[tuple[str, int], ...] = (
@@ -48,18 +49,11 @@ def coco_categories() -> list[dict]:
 
 
 def _class_colour(index: int) -> tuple[int, int, int]:
-    """A distinct saturated BGR colour per drawn class (hues spread around the circle)."""
-    hsv = np.array([[[int(index * 180 / len(_OBJECT_CLASSES)), 230, 220]]], dtype=np.uint8)
-    b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
-    return int(b), int(g), int(r)
+    return class_colour(index, len(_OBJECT_CLASSES))
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth low-frequency colour texture plus per-pixel noise."""
-    grid = rng.integers(40, 200, size=(5, 5, 3), dtype=np.uint8)
-    smooth = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-    noise = rng.integers(-20, 21, size=(height, width, 3), dtype=np.int16)
-    return np.clip(smooth.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return textured_background(rng, height, width, grid=5, noise=20)
 
 
 def _polygon(rng: np.random.Generator, shape: str, box: tuple[float, float, float, float]) -> list[float]:

@@ -13,24 +13,18 @@ import cv2
 import numpy as np
 
 from deployzoo.data.images import write_jpeg
+from deployzoo.data.synthetic_draw import class_colour, textured_background
 from deployzoo.data.voc import VOC_CLASSES
 
 _DIFFICULT_RATE = 0.1
 
 
 def _class_colour(label: int) -> tuple[int, int, int]:
-    """A distinct, saturated BGR colour per class (hue spread around the circle)."""
-    hsv = np.array([[[int(label * 180 / len(VOC_CLASSES)), 230, 220]]], dtype=np.uint8)
-    b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
-    return int(b), int(g), int(r)
+    return class_colour(label, len(VOC_CLASSES))
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth low-frequency colour texture plus per-pixel noise (cheap: upscale a small grid)."""
-    grid = rng.integers(40, 200, size=(6, 6, 3), dtype=np.uint8)
-    smooth = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-    noise = rng.integers(-25, 26, size=(height, width, 3), dtype=np.int16)
-    return np.clip(smooth.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return textured_background(rng, height, width, grid=6, noise=25)
 
 
 def _draw_object(image: np.ndarray, rng: np.random.Generator, label: int,
