@@ -38,6 +38,7 @@ class ModelSpec:
     input_name: str
     output_names: tuple[str, ...]
     # Picklable and torch-free: runs in data-loading worker processes. BGR uint8 -> (float32 [3,H,W], ImageMeta)
+    # (It may carry ``read_image(path) -> BGR uint8``: the decoder the loader then uses; cv2 otherwise.)
     preprocess: Callable[[np.ndarray], tuple[np.ndarray, Any]]
     preprocess_description: str
     make_postprocess: Callable[[], Callable[[dict[str, np.ndarray], Any], Any]]  # -> f(outputs of one image, meta)
@@ -60,6 +61,8 @@ class ModelSpec:
     ranked_outputs: tuple[str, ...] = ()
     # `deployzoo run` settings that differ from the defaults (keys of job.run_main_job: num_images, ...).
     run_defaults: dict[str, Any] = field(default_factory=dict)
+    # canvas_hw -> this model's fixed-canvas variant (``name@HxW``); default: the module's make_spec(canvas_hw=...).
+    canvas_variant: Callable[[tuple[int, int]], "ModelSpec"] | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -87,6 +90,9 @@ class ModelSpec:
 _ZOO: dict[str, str] = {
     "refinedet320-vgg16-voc": "deployzoo.models.refinedet:SPEC_320_VOC",
     "mmdet-mask-rcnn-r50-fpn-1x": "deployzoo.models.mask_rcnn:SPEC",
+    "d2-cascade-mask-rcnn-r50-fpn-3x": "deployzoo.models.d2_cascade_mask_rcnn:SPEC",
+    "mmdet-fsaf-r50-fpn-1x": "deployzoo.models.fsaf:SPEC",
+    "mmdet-fsaf-r50-fpn-1x-v3post": "deployzoo.models.fsaf:SPEC_V3_POST",
 }
 
 
@@ -101,12 +107,14 @@ def get_spec(name: str) -> ModelSpec:
         raise DeployzooError(f"unknown model '{name}'; the zoo has: {', '.join(_ZOO)}")
     module_name, attr = _ZOO[base].split(":")
     module = importlib.import_module(module_name)
+    spec = getattr(module, attr)
     if not canvas:
-        return getattr(module, attr)
+        return spec
+    make_variant = spec.canvas_variant or getattr(module, "make_spec", None)
     match = re.fullmatch(r"(\d+)x(\d+)", canvas)
-    if match is None or not hasattr(module, "make_spec"):
+    if match is None or make_variant is None:
         raise DeployzooError(f"'{name}': {base} has no fixed-canvas variant '@{canvas}' (expected @HxW, e.g. @800x1216)")
     h, w = int(match.group(1)), int(match.group(2))
     if h % 32 or w % 32:
         raise DeployzooError(f"'{name}': the canvas sides must be multiples of 32")
-    return module.make_spec(canvas_hw=(h, w))
+    return make_variant(canvas_hw=(h, w))

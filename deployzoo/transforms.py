@@ -89,3 +89,79 @@ def pad_batch(images: list[np.ndarray], batch_size: int, divisor: int = 32,
             raise ValueError(f"image of size {image.shape[1:]} does not fit the {height}x{width} canvas")
         batch[i, :, : image.shape[1], : image.shape[2]] = image
     return batch
+
+
+# --------------------------------------------------------------------------------------------------
+# detectron2 (spec §1.1, §1.2): PIL decoding and PIL bilinear resizing on uint8.
+
+# EXIF orientation tag value -> the PIL transpose that displays the image upright (the EXIF 2.3 table).
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
+
+
+def decode_bgr_pil(data: bytes) -> np.ndarray:
+    """detectron2 ``read_image(..., format="BGR")``: decode with PIL, turn the image upright by its EXIF
+    orientation, convert to RGB (grey, palette, RGBA and CMYK images all become RGB here, by PIL's
+    rules), then reverse the channels. Returns uint8 [H, W, 3] BGR.
+
+    Raises whatever PIL raises for undecodable data (``OSError``, ``PIL.UnidentifiedImageError``).
+    """
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION)
+        except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as detectron2 does
+            orientation = None
+        method = _EXIF_TRANSPOSE.get(orientation)
+        upright = image.transpose(getattr(Image.Transpose, method)) if method else image
+        rgb = np.asarray(upright.convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def shortest_edge_size(orig_hw: tuple[int, int], short_edge: int = 800, max_size: int = 1333) -> tuple[int, int]:
+    """detectron2 ``ResizeShortestEdge.get_output_shape``: the short side becomes ``short_edge``; if the
+    long side then exceeds ``max_size`` both are scaled down so it equals ``max_size``; each side is
+    rounded as int(x + 0.5), in float64 with detectron2's two-step arithmetic. Returns (h, w)."""
+    h, w = orig_hw
+    scale = short_edge * 1.0 / min(h, w)
+    new_h, new_w = (short_edge * 1.0, scale * w) if h < w else (scale * h, short_edge * 1.0)
+    if max(new_h, new_w) > max_size:
+        shrink = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def pil_resize(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """detectron2 ``ResizeTransform.apply_image`` on uint8: PIL ``Image.resize((w, h), BILINEAR)`` of the
+    array as it is (channel order untouched). PIL widens its filter when shrinking (antialiasing), so the
+    pixels differ from cv2's INTER_LINEAR. Returns uint8 [h, w, C]."""
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    h, w = size_hw
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def resize_subtract_mean_bgr(
+    bgr: np.ndarray, size_hw: tuple[int, int], mean_bgr: tuple[float, float, float]
+) -> tuple[np.ndarray, ImageMeta]:
+    """detectron2 test input: PIL bilinear resize of the uint8 BGR image to ``size_hw``, float32, minus the
+    BGR pixel mean (PIXEL_STD is 1: no division). CHW, unpadded; the channels stay BGR."""
+    resized = pil_resize(bgr, size_hw)
+    chw = resized.transpose(2, 0, 1).astype(np.float32)
+    chw -= np.asarray(mean_bgr, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray(chw), ImageMeta(orig_hw=(int(bgr.shape[0]), int(bgr.shape[1])), resized_hw=tuple(size_hw))

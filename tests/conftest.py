@@ -112,3 +112,50 @@ def mask_rcnn_case() -> dict:
     case = json.loads((FIXTURES / MASK_RCNN / "case-1.json").read_text())
     arrays = dict(np.load(FIXTURES / MASK_RCNN / "case-1.npz"))
     return {"json": case, "arrays": arrays, "image": FIXTURES / MASK_RCNN / "case-1.png"}
+
+
+FSAF = "mmdet-fsaf-r50-fpn-1x"
+FSAF_V3POST = "mmdet-fsaf-r50-fpn-1x-v3post"
+
+
+@pytest.fixture(scope="session")
+def fsaf_spec():
+    """Post-processing algorithm B (mmdet 3.x), the one the fixture was made with."""
+    from deployzoo.registry import get_spec
+
+    return get_spec(FSAF_V3POST)
+
+
+@pytest.fixture(scope="session")
+def fsaf_checkpoint(tmp_path_factory) -> Path:
+    """The fixture's weights (dz-init-v1, seed 0) in mmdetection's container: {'state_dict', 'meta'}."""
+    keys = json.loads((FIXTURES / FSAF / "keys.json").read_text())
+    weights = make_state_dict(keys["tensors"], seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "fsaf_r50_fpn_1x_coco-94ccc51f.pth"
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    torch.save({"state_dict": state, "meta": {"mmdet_version": "2.0.0", "CLASSES": ["person"]}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fsaf_loaded(fsaf_spec, fsaf_checkpoint):
+    from deployzoo.engine import load_model
+
+    return load_model(fsaf_spec, fsaf_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def fsaf_onnx(tmp_path_factory, fsaf_loaded) -> Path:
+    """Dynamic batch and size export of the fixture-weights FSAF (algorithm B)."""
+    from deployzoo.pipeline import export_model
+
+    path = tmp_path_factory.mktemp("onnx") / "fsaf-v3post-dyn.onnx"
+    export_model(fsaf_loaded, path, dynamic_batch=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fsaf_case() -> dict:
+    case = json.loads((FIXTURES / FSAF / "case-1.json").read_text())
+    arrays = dict(np.load(FIXTURES / FSAF / "case-1.npz"))
+    return {"json": case, "arrays": arrays, "image": FIXTURES / FSAF / "case-1.png"}

@@ -121,3 +121,23 @@ def write_jpeg(path: str | Path, bgr: np.ndarray, quality: int = 95) -> Path:
         raise ValueError(f"cv2 failed to encode a JPEG for {path}")
     buf.tofile(str(path))
     return path
+
+
+def read_image_bgr_pil(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 HxWx3 BGR the way detectron2 does: PIL decode, EXIF orientation applied,
+    converted to RGB, channels reversed (``transforms.decode_bgr_pil``).
+
+    Raises:
+        BadInputError: as :func:`read_image_bgr`, for files PIL cannot decode too.
+    """
+    from deployzoo.transforms import decode_bgr_pil
+
+    path = Path(path)
+    data = _read_bytes(path)
+    if data.size >= 2 and data[0] == 0xFF and data[1] == _SOI and not jpeg_is_complete(data):
+        raise BadInputError(path, "truncated or corrupt JPEG (no end-of-image marker); "
+                                  "re-download or re-extract the file")
+    try:
+        return decode_bgr_pil(data.tobytes())
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError... for bad files
+        raise BadInputError(path, f"not a decodable image ({data.size} bytes): {exc}") from exc

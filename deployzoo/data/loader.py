@@ -46,8 +46,10 @@ def prepare(item: ImageItem, preprocess: Callable[[np.ndarray], tuple[np.ndarray
     t0 = time.perf_counter()
     if item.listed_in and not Path(item.path).exists():
         return BadImage(item.image_id, item.path, f"image not found, but id {item.image_id!r} is listed in {item.listed_in}")
+    # A preprocess may name its framework's own decoder (detectron2 decodes with PIL); cv2 otherwise.
+    read = getattr(preprocess, "read_image", read_image_bgr)
     try:
-        bgr = read_image_bgr(item.path)
+        bgr = read(item.path)
     except BadInputError as exc:
         return BadImage(item.image_id, item.path, exc.problem)
     t1 = time.perf_counter()

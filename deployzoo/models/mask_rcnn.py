@@ -26,6 +26,8 @@ from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from deployzoo.heads.box_head import Shared2FCBoxHead
 from deployzoo.heads.mask_head import FCNMaskHead, class_mask_probs
 from deployzoo.heads.rpn import ProposalConfig, ProposalGenerator, RPNHead
+from deployzoo.models.mmdet_common import (PREPROCESS_DESCRIPTION, MMDetPreprocess, PaddedCollate, example_inputs,
+                                           resize_factors)
 from deployzoo.necks.fpn import FPN
 from deployzoo.ops.box_coder import DeltaBoxCoder
 from deployzoo.ops.multiclass_nms import multiclass_nms
@@ -33,10 +35,8 @@ from deployzoo.ops.roi_extractor import MultiLevelRoIAlign
 from deployzoo.registry import ModelSpec, PublishedFigure
 from deployzoo.structures import Detections
 from deployzoo.tasks.coco_detection import COCODetectionTask
-from deployzoo.transforms import ImageMeta, fit_size, keep_ratio_size, pad_batch, resize_normalize_rgb
+from deployzoo.transforms import ImageMeta
 
-MMDET_MEAN_RGB = (123.675, 116.28, 103.53)
-MMDET_STD_RGB = (58.395, 57.12, 57.375)
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_dets", "masks")
 
 
@@ -124,49 +124,6 @@ class MaskRCNN(nn.Module):
 # Host side: preprocessing (worker processes, torch-free), batching, post-processing.
 
 
-@dataclass(frozen=True)
-class MMDetPreprocess:
-    """mmdet test pipeline: cv2 BGR -> keep-ratio resize to ``scale`` (cv2 INTER_LINEAR) -> RGB, (x - mean) / std.
-
-    ``canvas_hw``: a fixed-shape export's canvas; images whose official size does not fit are resized
-    smaller so they do (see ``transforms.fit_size``).
-    """
-
-    scale: tuple[int, int] = (1333, 800)
-    canvas_hw: tuple[int, int] | None = None
-
-    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, ImageMeta]:
-        orig = bgr.shape[:2]
-        size = keep_ratio_size(orig, self.scale) if self.canvas_hw is None else fit_size(orig, self.scale, self.canvas_hw)
-        return resize_normalize_rgb(bgr, size, MMDET_MEAN_RGB, MMDET_STD_RGB)
-
-
-@dataclass(frozen=True)
-class PaddedCollate:
-    """Preprocessed images of one batch -> graph inputs: the images zero-padded to the batch's largest
-    size rounded up to 32 (or to ``canvas_hw``), and each image's resized (h, w)."""
-
-    canvas_hw: tuple[int, int] | None = None
-    divisor: int = 32
-
-    def __call__(self, arrays: list[np.ndarray], metas: list[ImageMeta], batch_size: int) -> dict[str, np.ndarray]:
-        image = pad_batch(arrays, batch_size, self.divisor, self.canvas_hw)
-        img_hw = np.zeros((batch_size, 2), dtype=np.float32)
-        img_hw[:] = image.shape[2:]  # padding rows: the canvas (their outputs are dropped)
-        for i, meta in enumerate(metas):
-            img_hw[i] = meta.resized_hw
-        return {"image": image, "img_hw": img_hw}
-
-
-def example_inputs(batch_size: int, hw: tuple[int, int] = (800, 1088)) -> dict[str, np.ndarray]:
-    """Deterministic graph inputs for tracing and pure-inference benchmarks: an image-like tensor at the
-    padded size of a typical 640x480 COCO image, with the true resized size 800x1067."""
-    rng = np.random.default_rng(0)
-    image = rng.standard_normal((batch_size, 3, *hw), dtype=np.float32)
-    img_hw = np.tile(np.asarray([[hw[0], min(hw[1], 1067)]], dtype=np.float32), (batch_size, 1))
-    return {"image": image, "img_hw": img_hw}
-
-
 class InstanceSegPostprocess:
     """Graph outputs of one image -> Detections in original pixels with pasted, RLE-encoded masks.
 
@@ -181,10 +138,8 @@ class InstanceSegPostprocess:
         from deployzoo.ops.mask_paste import encode_rle, paste_masks
 
         n = int(outputs["num_dets"])
-        (h, w), (rh, rw) = meta.orig_hw, meta.resized_hw
-        factor = np.asarray([rw / w, rh / h, rw / w, rh / h], dtype=np.float32)
-        boxes = (outputs["boxes"][:n].astype(np.float32) / factor).astype(np.float32)
-        masks = paste_masks(outputs["masks"][:n].astype(np.float32), boxes, (h, w), self.mask_threshold)
+        boxes = (outputs["boxes"][:n].astype(np.float32) / resize_factors(meta)).astype(np.float32)
+        masks = paste_masks(outputs["masks"][:n].astype(np.float32), boxes, meta.orig_hw, self.mask_threshold)
         return Detections(boxes, outputs["scores"][:n].astype(np.float32), outputs["labels"][:n].astype(np.int64),
                           encode_rle(masks))
 
@@ -212,12 +167,6 @@ SYNTHETIC_GAINS = (
     (r"roi_head\.bbox_head\.fc_cls\.weight", 3.0),
     (r"roi_head\.bbox_head\.fc_reg\.weight", 0.1),
     (r"roi_head\.mask_head\.conv_logits\.weight", 20.0),
-)
-
-PREPROCESS_DESCRIPTION = (
-    "cv2 BGR uint8 -> keep-ratio resize to (1333, 800) (mmcv.imrescale: cv2.resize INTER_LINEAR on uint8) -> "
-    "RGB float32 (x - [123.675,116.28,103.53]) / [58.395,57.12,57.375] -> zero pad bottom/right to a multiple "
-    "of 32 (the batch's largest image); img_hw = resized (h, w)"
 )
 
 

@@ -66,6 +66,53 @@ class _NmsKeepMask(torch.autograd.Function):
         return g.op("And", kept, candidates)
 
 
+def nms_keep_mask_per_class(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    """Greedy NMS of every class separately over boxes the classes share: [B, C, N] bool.
+
+    ``boxes`` [B, N, 4] float32, ``scores`` [B, C, N] float32 (class c's score of box n): the layout of
+    ONNX ``NonMaxSuppression``'s class dimension, which it exports as. Each (image, class) runs the greedy
+    pass of :func:`nms_keep_mask` over its own candidates (score > ``score_threshold``) on the unshifted
+    boxes, as mmcv's ``batched_nms`` does in its per-class loop. For many classes with class-agnostic
+    boxes this is far cheaper than one NMS over the coordinate-shifted copies (an engine's NMS compares
+    every candidate with every kept box of its class).
+    """
+    if iou_threshold < 0:
+        raise ValueError(f"iou_threshold must be >= 0, got {iou_threshold}")
+    return _NmsKeepMaskPerClass.apply(boxes, scores, float(iou_threshold), float(score_threshold))
+
+
+class _NmsKeepMaskPerClass(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, boxes, scores, iou_threshold, score_threshold):
+        boxes_np = boxes.detach().to(torch.float32).cpu().numpy()
+        scores_np = scores.detach().to(torch.float32).cpu().numpy()
+        mask = np.zeros(scores_np.shape, dtype=bool)
+        for b in range(scores_np.shape[0]):
+            for c in range(scores_np.shape[1]):
+                mask[b, c] = _keep_one_image(boxes_np[b], scores_np[b, c], iou_threshold, score_threshold)
+        return torch.from_numpy(mask).to(scores.device)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou_threshold, score_threshold):
+        def const(values, dtype):
+            return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
+
+        selected = g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            const([MAX_OUTPUT_BOXES], torch.int64),
+            const([iou_threshold], torch.float32),
+            const([score_threshold], torch.float32),
+        )  # [M, 3] = (batch, class, box)
+        ones = g.op("ConstantOfShape", g.op("Shape", selected, start_i=0, end_i=1), value_t=torch.tensor([1.0]))
+        zeros = g.op("ConstantOfShape", g.op("Shape", scores), value_t=torch.tensor([0.0]))
+        kept = g.op("Cast", g.op("ScatterND", zeros, selected, ones), to_i=9)  # 9 = BOOL
+        # as in nms_keep_mask: exact whether a backend's score filter is '>' or '>='
+        candidates = g.op("Greater", scores, const(score_threshold, torch.float32))
+        return g.op("And", kept, candidates)
+
+
 def _keep_one_image(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, score_threshold: float) -> np.ndarray:
     """Greedy NMS of one image: boxes [N, 4], scores [N] float32 -> keep [N] bool.
 
