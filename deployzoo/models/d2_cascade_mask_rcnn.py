@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,22 +27,19 @@ from torch import nn
 
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
-from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from deployzoo.heads.box_head import Shared2FCBoxHead
 from deployzoo.heads.mask_head import FCNMaskHead, class_mask_probs
 from deployzoo.heads.rpn import TORCHVISION_LOOP_ABOVE, ProposalConfig, ProposalGenerator, RPNHead
 from deployzoo.models.d2_common import D2_PREPROCESS_DESCRIPTION, D2Preprocess, original_scale
-from deployzoo.models.mmdet_common import PaddedCollate, example_inputs
 from deployzoo.necks.fpn import FPN
 from deployzoo.ops.box_coder import DeltaBoxCoder, clip_boxes
 from deployzoo.ops.multiclass_nms import multiclass_nms, multiclass_nms_shared_boxes
 from deployzoo.ops.roi_extractor import MultiLevelRoIAlign
+from deployzoo.models.instance_seg_contract import contract_fields
 from deployzoo.registry import ModelSpec, PublishedFigure
 from deployzoo.structures import Detections
-from deployzoo.tasks.coco_detection import COCODetectionTask
 from deployzoo.transforms import ImageMeta
 
-OUTPUT_NAMES = ("boxes", "scores", "labels", "num_dets", "masks")
 NAME = "d2-cascade-mask-rcnn-r50-fpn-3x"
 
 
@@ -288,42 +284,19 @@ def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
     images that do not fit.
     """
     suffix = "" if canvas_hw is None else f"@{canvas_hw[0]}x{canvas_hw[1]}"
-    dims: dict[str, Any] = {"image": (3, None, None) if canvas_hw is None else (3, *canvas_hw), "img_hw": (2,)}
     return ModelSpec(
         name=NAME + suffix,
-        task="instance-segmentation",
-        dataset="COCO val2017",
-        input_hw=canvas_hw or (800, 1088),
         checkpoint_format=("detectron2 model-zoo .pkl: pickle of {'model': {name: ndarray}, '__author__'} "
                            "(Misc/cascade_mask_rcnn_R_50_FPN_3x/144998488/model_final_480dd8.pkl)"),
         published=PublishedFigure("COCO box AP", 44.3, "detectron2 MODEL_ZOO.md (mask AP 38.5), model id 144998488"),
-        class_names=COCO_CLASSES,
         build_model=build_cascade_mask_rcnn,
         checkpoint_rules=CHECKPOINT_RULES,
-        input_name="image",
-        output_names=OUTPUT_NAMES,
         preprocess=D2Preprocess(canvas_hw=canvas_hw),
         preprocess_description=D2_PREPROCESS_DESCRIPTION,
         make_postprocess=D2InstanceSegPostprocess,
-        evaluation=COCODetectionTask(),
-        output_shapes={"boxes": (100, 4), "scores": (100,), "labels": (100,), "num_dets": (), "masks": (100, 28, 28)},
-        output_dtypes={"labels": "int64", "num_dets": "int64"},
-        output_notes={
-            "boxes": "[B,100,4] x1,y1,x2,y2 in network-input pixels (multiply by original/resized size)",
-            "scores": "[B,100] descending (mean of the 3 stages' softmax); padding rows 0",
-            "labels": "[B,100] int64 0-based COCO class (category id via the spec's table); padding -1",
-            "num_dets": "[B] int64 number of real rows",
-            "masks": "[B,100,28,28] sigmoid mask of each detection's class; paste at the original size",
-        },
-        category_ids=COCO_CATEGORY_IDS,
         synthetic_gains=SYNTHETIC_GAINS,
         checkpoint_key=official_key,
-        input_dims=dims,
-        ranked_outputs=("boxes", "scores", "labels", "masks"),
-        run_defaults={"num_images": 4, "eval_batch": 2, "batch_sizes": [1, 2], "bench_seconds": 1.0,
-                      "bench_iters": 3, "compare_images": 2},
-        collate=PaddedCollate(canvas_hw=canvas_hw),
-        example_inputs=partial(example_inputs, hw=canvas_hw or (800, 1088)),
+        **contract_fields(canvas_hw, "multiply by original/resized size", " (mean of the 3 stages' softmax)"),
     )
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,22 +20,19 @@ from torch import nn
 
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
-from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from deployzoo.heads.box_head import Shared2FCBoxHead
 from deployzoo.heads.mask_head import FCNMaskHead, class_mask_probs
 from deployzoo.heads.rpn import ProposalConfig, ProposalGenerator, RPNHead
-from deployzoo.models.mmdet_common import (PREPROCESS_DESCRIPTION, MMDetPreprocess, PaddedCollate, example_inputs,
-                                           resize_factors)
+from deployzoo.models.mmdet_common import (PREPROCESS_DESCRIPTION, MMDetPreprocess, resize_factors)
 from deployzoo.necks.fpn import FPN
 from deployzoo.ops.box_coder import DeltaBoxCoder
 from deployzoo.ops.multiclass_nms import multiclass_nms
 from deployzoo.ops.roi_extractor import MultiLevelRoIAlign
+from deployzoo.models.instance_seg_contract import contract_fields
 from deployzoo.registry import ModelSpec, PublishedFigure
 from deployzoo.structures import Detections
-from deployzoo.tasks.coco_detection import COCODetectionTask
 from deployzoo.transforms import ImageMeta
 
-OUTPUT_NAMES = ("boxes", "scores", "labels", "num_dets", "masks")
 
 
 @dataclass(frozen=True)
@@ -177,41 +172,18 @@ def build_mask_rcnn() -> MaskRCNN:
 def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
     """The registry entry; ``canvas_hw`` gives the fixed-shape variant (not bit-exact, see the README)."""
     suffix = "" if canvas_hw is None else f"@{canvas_hw[0]}x{canvas_hw[1]}"
-    dims: dict[str, Any] = {"image": (3, None, None) if canvas_hw is None else (3, *canvas_hw), "img_hw": (2,)}
     return ModelSpec(
         name="mmdet-mask-rcnn-r50-fpn-1x" + suffix,
-        task="instance-segmentation",
-        dataset="COCO val2017",
-        input_hw=canvas_hw or (800, 1088),
         checkpoint_format="mmdetection .pth: {'state_dict', 'meta'} (mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth)",
         published=PublishedFigure("COCO box AP", 38.2, "mmdetection model zoo (mask AP 34.7), v2 and v3"),
-        class_names=COCO_CLASSES,
         build_model=build_mask_rcnn,
         checkpoint_rules=CHECKPOINT_RULES,
-        input_name="image",
-        output_names=OUTPUT_NAMES,
         preprocess=MMDetPreprocess(canvas_hw=canvas_hw),
         preprocess_description=PREPROCESS_DESCRIPTION,
         make_postprocess=InstanceSegPostprocess,
-        evaluation=COCODetectionTask(),
-        output_shapes={"boxes": (100, 4), "scores": (100,), "labels": (100,), "num_dets": (), "masks": (100, 28, 28)},
-        output_dtypes={"labels": "int64", "num_dets": "int64"},
-        output_notes={
-            "boxes": "[B,100,4] x1,y1,x2,y2 in network-input pixels (divide by the resize factors)",
-            "scores": "[B,100] descending; padding rows 0",
-            "labels": "[B,100] int64 0-based COCO class (category id via the spec's table); padding -1",
-            "num_dets": "[B] int64 number of real rows",
-            "masks": "[B,100,28,28] sigmoid mask of each detection's class; paste at the original size",
-        },
-        category_ids=COCO_CATEGORY_IDS,
         synthetic_gains=SYNTHETIC_GAINS,
         checkpoint_key=official_key,
-        input_dims=dims,
-        ranked_outputs=("boxes", "scores", "labels", "masks"),
-        run_defaults={"num_images": 4, "eval_batch": 2, "batch_sizes": [1, 2], "bench_seconds": 1.0,
-                      "bench_iters": 3, "compare_images": 2},
-        collate=PaddedCollate(canvas_hw=canvas_hw),
-        example_inputs=partial(example_inputs, hw=canvas_hw or (800, 1088)),
+        **contract_fields(canvas_hw, "divide by the resize factors", ""),
     )
 
 
