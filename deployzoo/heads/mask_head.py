@@ -29,3 +29,14 @@ def class_mask_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     """Sigmoid of each RoI's own class channel: logits [R, K, M, M], labels [R] (-1 = padding) -> [R, M, M]."""
     index = labels.clamp(min=0).reshape(-1, 1, 1, 1).expand(-1, 1, logits.shape[2], logits.shape[3])
     return torch.gather(logits, 1, index)[:, 0].sigmoid()
+
+
+def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masks of the final detections: pool 14x14 from ``boxes`` [B, K, 4] with ``pooler`` (a
+    MultiLevelRoIAlign), run the head, keep each detection's class -> [B, K, 28, 28] probabilities."""
+    from deployzoo.ops.roi_extractor import flatten_rois
+
+    batch, dets = boxes.shape[:2]
+    flat, batch_index = flatten_rois(boxes)
+    probs = class_mask_probs(mask_head(pooler(features, flat, batch_index)), labels.reshape(-1))
+    return probs.reshape(batch, dets, probs.shape[-2], probs.shape[-1])

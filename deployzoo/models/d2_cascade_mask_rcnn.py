@@ -28,13 +28,13 @@ from torch import nn
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
 from deployzoo.heads.box_head import Shared2FCBoxHead
-from deployzoo.heads.mask_head import FCNMaskHead, class_mask_probs
+from deployzoo.heads.mask_head import FCNMaskHead, detection_mask_probs
 from deployzoo.heads.rpn import TORCHVISION_LOOP_ABOVE, ProposalConfig, ProposalGenerator, RPNHead
 from deployzoo.models.d2_common import D2_PREPROCESS_DESCRIPTION, D2Preprocess, original_scale
 from deployzoo.necks.fpn import FPN
 from deployzoo.ops.box_coder import DeltaBoxCoder, clip_boxes
 from deployzoo.ops.multiclass_nms import multiclass_nms, multiclass_nms_shared_boxes
-from deployzoo.ops.roi_extractor import MultiLevelRoIAlign
+from deployzoo.ops.roi_extractor import MultiLevelRoIAlign, flatten_rois
 from deployzoo.models.instance_seg_contract import contract_fields
 from deployzoo.registry import ModelSpec, PublishedFigure
 from deployzoo.structures import Detections
@@ -91,7 +91,7 @@ class CascadeRoIHeads(nn.Module):
             if k > 0:
                 boxes = clip_boxes(stages[-1].boxes, img_hw[:, None, :])
             batch, rois = boxes.shape[:2]
-            flat, batch_index = _flatten_rois(boxes)
+            flat, batch_index = flatten_rois(boxes)
             logits, deltas = head(self.box_pooler(features, flat, batch_index))
             logits, deltas = logits.reshape(batch, rois, -1), deltas.reshape(batch, rois, 4)
             stages.append(StageOutput(boxes, logits, deltas, coder.decode(boxes, deltas)))
@@ -121,17 +121,8 @@ class CascadeRoIHeads(nn.Module):
 
     def mask_probs(self, features, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sigmoid masks [B,K,28,28] of each detection's class, pooled from its final box."""
-        batch, dets = boxes.shape[:2]
-        flat, batch_index = _flatten_rois(boxes)
-        logits = self.mask_head(self.mask_pooler(features, flat, batch_index))
-        probs = class_mask_probs(logits, labels.reshape(-1))
-        return probs.reshape(batch, dets, probs.shape[-2], probs.shape[-1])
+        return detection_mask_probs(self.mask_head, self.mask_pooler, features, boxes, labels)
 
-
-def _flatten_rois(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, rois = boxes.shape[:2]
-    batch_index = torch.arange(batch, dtype=torch.int64)[:, None].expand(batch, rois).reshape(-1)
-    return boxes.reshape(-1, 4), batch_index
 
 
 class CascadeMaskRCNN(nn.Module):

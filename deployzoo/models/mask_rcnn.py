@@ -21,13 +21,13 @@ from torch import nn
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
 from deployzoo.heads.box_head import Shared2FCBoxHead
-from deployzoo.heads.mask_head import FCNMaskHead, class_mask_probs
+from deployzoo.heads.mask_head import FCNMaskHead, detection_mask_probs
 from deployzoo.heads.rpn import ProposalConfig, ProposalGenerator, RPNHead
 from deployzoo.models.mmdet_common import (PREPROCESS_DESCRIPTION, MMDetPreprocess, resize_factors)
 from deployzoo.necks.fpn import FPN
 from deployzoo.ops.box_coder import DeltaBoxCoder
 from deployzoo.ops.multiclass_nms import multiclass_nms
-from deployzoo.ops.roi_extractor import MultiLevelRoIAlign
+from deployzoo.ops.roi_extractor import MultiLevelRoIAlign, flatten_rois
 from deployzoo.models.instance_seg_contract import contract_fields
 from deployzoo.registry import ModelSpec, PublishedFigure
 from deployzoo.structures import Detections
@@ -61,7 +61,7 @@ class RoIHead(nn.Module):
     def box_outputs(self, features, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits [B, R, K+1] and deltas [B, R, 4K] for RoIs ``boxes`` [B, R, 4]."""
         batch, rois = boxes.shape[:2]
-        flat, batch_index = _flatten_rois(boxes)
+        flat, batch_index = flatten_rois(boxes)
         logits, deltas = self.bbox_head(self.bbox_roi_extractor(features, flat, batch_index))
         return logits.reshape(batch, rois, -1), deltas.reshape(batch, rois, -1)
 
@@ -74,17 +74,8 @@ class RoIHead(nn.Module):
         return multiclass_nms(boxes, scores, valid, c.score_threshold, c.nms_iou, c.max_dets)
 
     def mask_probs(self, features, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        batch, dets = boxes.shape[:2]
-        flat, batch_index = _flatten_rois(boxes)
-        logits = self.mask_head(self.mask_roi_extractor(features, flat, batch_index))
-        probs = class_mask_probs(logits, labels.reshape(-1))
-        return probs.reshape(batch, dets, probs.shape[-2], probs.shape[-1])
+        return detection_mask_probs(self.mask_head, self.mask_roi_extractor, features, boxes, labels)
 
-
-def _flatten_rois(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, rois = boxes.shape[:2]
-    batch_index = torch.arange(batch, dtype=torch.int64)[:, None].expand(batch, rois).reshape(-1)
-    return boxes.reshape(-1, 4), batch_index
 
 
 class MaskRCNN(nn.Module):

@@ -73,3 +73,10 @@ class MultiLevelRoIAlign(nn.Module):
             # level happens to hold exactly one RoI in the trace.
             out = out.scatter(0, index.view(-1, 1, 1, 1).expand_as(pooled), pooled)
         return out
+
+
+def flatten_rois(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image RoIs [B, R, 4] -> (boxes [B*R, 4], batch index [B*R]), the layout RoIAlign takes."""
+    batch, rois = boxes.shape[:2]
+    batch_index = torch.arange(batch, dtype=torch.int64)[:, None].expand(batch, rois).reshape(-1)
+    return boxes.reshape(-1, 4), batch_index
