@@ -45,7 +45,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from deployzoo.pipeline import export_model
     from deployzoo.registry import get_spec
 
-    spec = get_spec(args.model)
+    spec = get_spec(_with_output(args.model, args.output))
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
     result = export_model(loaded, args.out, batch_size=args.batch, dynamic_batch=args.dynamic_batch)
@@ -54,6 +54,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset}, IR {result.ir_version}, batch {batch})")
     print(f"checker passed; default-domain ops only: {ops}")
     return 0
+
+
+def _with_output(model: str, output: str | None) -> str:
+    """The registry name of ``model`` with the graph contract ``output`` (segmentation: logits or labels)."""
+    from deployzoo.registry import get_spec
+
+    if output is None:
+        return model
+    spec = get_spec(model)
+    if spec.task != "semantic-segmentation":
+        raise DeployzooError(f"--output applies to segmentation models; {model} is a {spec.task} model")
+    base, at, canvas = model.partition("@")
+    base = base.removesuffix("-labels")
+    name = base + ("-labels" if output == "labels" else "") + at + canvas
+    get_spec(name)  # a clear error if that combination does not exist
+    return name
 
 
 def _print_weights(loaded, verbose: bool) -> None:
@@ -73,9 +89,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads)
     if engine.loaded is not None:
         _print_weights(engine.loaded, args.verbose)
-    records = predict_files(engine, args.images, score_threshold=args.score_thr, max_dets=args.max_dets)
+    records = predict_files(engine, args.images, score_threshold=args.score_thr, max_dets=args.max_dets, out_dir=out)
     path = write_predictions(out / "predictions.json", records)
-    print(f"{len(records)} detections on {len(args.images)} images -> {path}")
+    if spec.task == "semantic-segmentation":
+        print(f"{len(records)} label maps -> {path} and {out / 'label_maps'}/*.png")
+    else:
+        print(f"{len(records)} detections on {len(args.images)} images -> {path}")
     return 0
 
 
@@ -111,7 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"(published {spec.published.value}: {spec.published.source})")
     if outcome.run.resumed:
         print(f"resumed: {outcome.run.resumed} images taken from the interrupted run, {outcome.run.computed} computed now")
-    print(f"wrote {out / 'metrics.json'} and {out / 'detections.json'}")
+    results = "predictions.json and label_maps/" if spec.task == "semantic-segmentation" else "detections.json"
+    print(f"wrote {out / 'metrics.json'} and {out / results}")
     return 0
 
 
@@ -257,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, default=1)
     g.add_argument("--dynamic-batch", action="store_true")
+    p.add_argument("--output", choices=["logits", "labels"],
+                   help="segmentation graph contract: seg logits at the network input (default) or the uint8 "
+                        "label map at the original size (the model name then gets '-labels')")
     p.set_defaults(func=cmd_export)
 
     p = command(sub, "predict", help="detect objects in image files; writes DIR/predictions.json")

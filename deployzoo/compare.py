@@ -142,3 +142,54 @@ def _worst_mask_agreement(engine: Detections, reference: Detections, pairs) -> f
 def _rle(rle: dict) -> dict:
     counts = rle["counts"]
     return {"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+LABEL_TIE_MARGIN = 1e-5  # label maps may differ only where the reference's top two logits are this close
+# When the reference's margins are unknown (a label-map graph), differing pixels may be at most this fraction.
+LABEL_UNKNOWN_MARGIN_FRACTION = 1e-4
+
+
+@dataclass
+class LabelMatch:
+    """Label maps of engine and reference, pooled over images.
+
+    ``near_ties``: differing pixels where the reference's top-1 minus top-2 logit is < LABEL_TIE_MARGIN
+    (either label is right there); None when the reference gave no margins.
+    """
+
+    pixels: int = 0
+    differing: int = 0
+    near_ties: int | None = 0
+    shape_mismatches: int = 0
+    tie_margin: float = LABEL_TIE_MARGIN
+
+    @property
+    def ok(self) -> bool:
+        if self.shape_mismatches:
+            return False
+        if self.near_ties is None:
+            return self.differing <= LABEL_UNKNOWN_MARGIN_FRACTION * self.pixels
+        return self.differing == self.near_ties
+
+    def add(self, engine: np.ndarray, reference: np.ndarray, margin: np.ndarray | None) -> None:
+        if engine.shape != reference.shape:
+            self.shape_mismatches += 1
+            return
+        differs = engine != reference
+        self.pixels += int(differs.size)
+        self.differing += int(differs.sum())
+        if margin is None or self.near_ties is None:
+            self.near_ties = None
+        else:
+            self.near_ties += int((differs & (margin < self.tie_margin)).sum())
+
+    def describe(self) -> str:
+        if self.shape_mismatches:
+            return f"Label maps: {self.shape_mismatches} image(s) with different label-map shapes."
+        ties = ("margins unknown: allowed up to "
+                f"{LABEL_UNKNOWN_MARGIN_FRACTION:g} of the pixels" if self.near_ties is None else
+                f"{self.near_ties} of them where the reference's top two logits are within {self.tie_margin:g}")
+        return f"Label maps: {self.differing} of {self.pixels} pixels differ ({ties})."
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "ok": self.ok}

@@ -14,7 +14,7 @@ from deployzoo.data.loader import ImageItem, items_from_paths
 from deployzoo.engine import LoadedModel, load_model, make_backend
 from deployzoo.errors import DeployzooError
 from deployzoo.export.onnx_export import ExportResult, export_onnx
-from deployzoo.predictions import records_for, write_predictions
+from deployzoo.predictions import records_for, write_label_maps, write_predictions
 from deployzoo.registry import ModelSpec
 from deployzoo.runner import DatasetRun, InferFn, ResultStore, run_dataset
 
@@ -73,15 +73,23 @@ def predict_files(
     score_threshold: float = 0.0,
     max_dets: int | None = None,
     batch_size: int | None = None,
+    out_dir: str | Path | None = None,
 ) -> list[dict]:
-    """Predictions records (see deployzoo.predictions) for image files, in the order given."""
+    """Predictions records (see deployzoo.predictions) for image files, in the order given.
+
+    Segmentation models' label maps are written as palette PNGs under ``out_dir`` (the records name them).
+    """
     spec = engine.spec
     postprocess = spec.make_postprocess()
     items = [ImageItem(Path(p).name, str(p)) for p in paths]
     run = run_dataset(items, spec.preprocess, engine.infer, postprocess, batch_size or engine.backend.batch_size,
-                      spec.make_feeds, workers=0, progress=False)
-    return records_for(spec, [(item.image_id, run.results[item.image_id].top(max_dets, score_threshold))
-                              for item in items])
+                      spec.make_feeds, workers=0, progress=False, batch_key=spec.batch_key)
+    results = [(item.image_id, run.results[item.image_id]) for item in items]
+    if spec.task == "semantic-segmentation":
+        if out_dir is not None:
+            write_label_maps(out_dir, results)
+        return records_for(spec, results)
+    return records_for(spec, [(i, r.top(max_dets, score_threshold)) for i, r in results])
 
 
 def fingerprint_file(path: str | Path | None) -> str | None:
@@ -122,7 +130,8 @@ def evaluate_dataset(
     limit: int | None = None,
     progress: bool = True,
 ) -> EvalOutcome:
-    """Stream the task's split through ``infer``; write detections.json and metrics.json to ``out_dir``."""
+    """Stream the task's split through ``infer``; write metrics.json and the results to ``out_dir``:
+    detections.json (detection), or predictions.json + label_maps/*.png (segmentation)."""
     task = spec.evaluation
     protocol = protocol or task.protocols[0]
     if protocol not in task.protocols:
@@ -133,13 +142,21 @@ def evaluate_dataset(
     ids = [i for i in dataset.ids if i in annotations][: limit or None]
     annotations = {i: annotations[i] for i in ids}
     items = [ImageItem(i, str(dataset.image_path(i)), str(dataset.split_file)) for i in ids]
+    if spec.batch_key is not None and batch_size > 1:
+        items = _by_size(items)  # batches of one size stay full
     store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
     run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
-                      workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name)
+                      workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name,
+                      batch_key=spec.batch_key)
     bad_images = {s["image_id"] for s in run.skipped}
     evaluated = {i: a for i, a in annotations.items() if i not in bad_images}
     metrics = task.evaluate(run.results, evaluated, protocol=protocol)
-    write_predictions(out_dir / "detections.json", records_for(spec, [(i, run.results[i]) for i in evaluated]))
+    results = [(i, run.results[i]) for i in evaluated]
+    if spec.task == "semantic-segmentation":
+        write_label_maps(out_dir, results)
+        write_predictions(out_dir / "predictions.json", records_for(spec, results))
+    else:
+        write_predictions(out_dir / "detections.json", records_for(spec, results))
     if hasattr(task, "results_records"):  # the dataset's own results format (COCO results JSON)
         write_predictions(out_dir / "coco_results.json", task.results_records(metrics))
     summary = {
@@ -157,6 +174,14 @@ def evaluate_dataset(
     }
     write_json(out_dir / "metrics.json", summary)
     return EvalOutcome(metrics, run, bad_annotations, task.headline(metrics), out_dir, summary)
+
+
+def _by_size(items: list[ImageItem]) -> list[ImageItem]:
+    """Items ordered by image size (header only), split order kept within a size."""
+    from deployzoo.data.images import image_size_hw
+
+    sizes = {item.image_id: image_size_hw(item.path) or (0, 0) for item in items}
+    return sorted(items, key=lambda item: sizes[item.image_id])
 
 
 def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> InferFn:

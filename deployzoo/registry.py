@@ -63,6 +63,11 @@ class ModelSpec:
     run_defaults: dict[str, Any] = field(default_factory=dict)
     # canvas_hw -> this model's fixed-canvas variant (``name@HxW``); default: the module's make_spec(canvas_hw=...).
     canvas_variant: Callable[[tuple[int, int]], "ModelSpec"] | None = None
+    canvas_divisor: int = 32  # fixed-canvas sides must be multiples of this (the padding rule's divisor)
+    # Per image, no batch dim, None = free (follows the input size): how the exported graph declares outputs.
+    output_dims: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    # meta -> key: only images with equal keys share a batch (a graph that must not pad, e.g. PSPNet).
+    batch_key: Callable[[Any], Any] | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -93,6 +98,8 @@ _ZOO: dict[str, str] = {
     "d2-cascade-mask-rcnn-r50-fpn-3x": "deployzoo.models.d2_cascade_mask_rcnn:SPEC",
     "mmdet-fsaf-r50-fpn-1x": "deployzoo.models.fsaf:SPEC",
     "mmdet-fsaf-r50-fpn-1x-v3post": "deployzoo.models.fsaf:SPEC_V3_POST",
+    "mmseg-pspnet-r50-d8-voc12aug": "deployzoo.models.pspnet:SPEC",
+    "mmseg-pspnet-r50-d8-voc12aug-labels": "deployzoo.models.pspnet:SPEC_LABELS",
 }
 
 
@@ -115,6 +122,6 @@ def get_spec(name: str) -> ModelSpec:
     if match is None or make_variant is None:
         raise DeployzooError(f"'{name}': {base} has no fixed-canvas variant '@{canvas}' (expected @HxW, e.g. @800x1216)")
     h, w = int(match.group(1)), int(match.group(2))
-    if h % 32 or w % 32:
-        raise DeployzooError(f"'{name}': the canvas sides must be multiples of 32")
+    if h % spec.canvas_divisor or w % spec.canvas_divisor:
+        raise DeployzooError(f"'{name}': the canvas sides must be multiples of {spec.canvas_divisor}")
     return make_variant(canvas_hw=(h, w))

@@ -18,14 +18,17 @@ from deployzoo.bench.timing import StageTimer
 from deployzoo.data.loader import BadImage, ImageItem, PreparedImage, prepared_images
 from deployzoo.engine import split_outputs
 from deployzoo.errors import BadInputError, DeployzooError
-from deployzoo.structures import Detections
+from deployzoo.structures import Detections, LabelMap
+
+Result = Detections | LabelMap
 
 InferFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]  # (graph inputs, ids) -> outputs
 CollateFn = Callable[[list[np.ndarray], list[Any], int], dict[str, np.ndarray]]  # ModelSpec.make_feeds
 
 
 class ResultStore:
-    """Per-image detections (masks as RLE JSON) on disk as numbered .npz shards plus a run fingerprint.
+    """Per-image results on disk as numbered .npz shards plus a run fingerprint: detections (masks as RLE
+    JSON), or label maps (one compressed uint8 array per image).
 
     A shard is written to a temporary name and renamed, so a kill leaves either a whole shard or
     none. ``fingerprint`` (model, weights, engine, preprocessing...) must match to resume.
@@ -52,12 +55,17 @@ class ResultStore:
         fingerprint_file.write_text(json.dumps(fingerprint, indent=1))
         self._next = len(existing)
 
-    def load(self) -> tuple[dict[str, Detections], list[dict[str, str]]]:
-        """Everything finished so far: detections by id, and the images skipped as bad."""
-        results: dict[str, Detections] = {}
+    def load(self) -> tuple[dict[str, Result], list[dict[str, str]]]:
+        """Everything finished so far: results by id, and the images skipped as bad."""
+        results: dict[str, Result] = {}
         skipped: list[dict[str, str]] = []
         for shard in sorted(self.shard_dir.glob("shard-*.npz")):
             with np.load(shard, allow_pickle=False) as data:
+                skipped += json.loads(str(data["skipped"]))
+                if "label_maps" in data:  # semantic segmentation shard
+                    for k, image_id in enumerate(data["ids"].tolist()):
+                        results[image_id] = LabelMap(data[f"labels_{k}"])
+                    continue
                 ids, counts = data["ids"].tolist(), data["counts"]
                 bounds = np.concatenate([[0], np.cumsum(counts)])
                 masks = json.loads(str(data["masks"])) if "masks" in data else [None] * len(ids)
@@ -67,7 +75,13 @@ class ResultStore:
                 skipped += json.loads(str(data["skipped"]))
         return results, skipped
 
-    def append(self, batch: Sequence[tuple[str, Detections]], skipped: Sequence[dict[str, str]] = ()) -> None:
+    def append(self, batch: Sequence[tuple[str, Result]], skipped: Sequence[dict[str, str]] = ()) -> None:
+        if batch and isinstance(batch[0][1], LabelMap):
+            arrays = {"ids": np.asarray([i for i, _ in batch], dtype=str), "label_maps": np.asarray(True),
+                      "skipped": np.asarray(json.dumps(list(skipped))),
+                      **{f"labels_{k}": m.labels for k, (_, m) in enumerate(batch)}}
+            self._write(arrays, compressed=True)
+            return
         dets = [d for _, d in batch]
         arrays = {
             "ids": np.asarray([i for i, _ in batch], dtype=str),
@@ -78,16 +92,19 @@ class ResultStore:
             "skipped": np.asarray(json.dumps(list(skipped))),
             "masks": np.asarray(json.dumps([d.masks for d in dets])),  # RLEs (instance segmentation) or None
         }
+        self._write(arrays)
+
+    def _write(self, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
         final = self.shard_dir / f"shard-{self._next:06d}.npz"
         temporary = final.with_suffix(".tmp.npz")
-        np.savez(temporary, **arrays)
+        (np.savez_compressed if compressed else np.savez)(temporary, **arrays)
         os.replace(temporary, final)
         self._next += 1
 
 
 @dataclass
 class DatasetRun:
-    results: dict[str, Detections]
+    results: dict[str, Result]
     skipped: list[dict[str, str]]  # {"image_id", "path", "problem"}
     timer: StageTimer
     resumed: int = 0  # images whose results came from an earlier, interrupted run
@@ -99,7 +116,7 @@ def run_dataset(
     items: Sequence[ImageItem],
     preprocess: Callable,
     infer: InferFn,
-    postprocess: Callable[[dict[str, np.ndarray], Any], Detections],
+    postprocess: Callable[[dict[str, np.ndarray], Any], Result],
     batch_size: int,
     collate: CollateFn,
     store: ResultStore | None = None,
@@ -107,15 +124,18 @@ def run_dataset(
     skip_bad: bool = False,
     progress: bool = True,
     description: str = "images",
+    batch_key: Callable[[Any], Any] | None = None,
 ) -> DatasetRun:
     """Run ``items`` through preprocess -> infer -> postprocess in batches of ``batch_size``.
 
     ``collate`` turns a batch of preprocessed images into graph inputs (``ModelSpec.make_feeds``); a
-    last short batch is padded to ``batch_size`` and the padding's outputs dropped.
+    last short batch is padded to ``batch_size`` and the padding's outputs dropped. ``batch_key(meta)``:
+    an image whose key differs from the current batch's closes that batch first (graphs that must not
+    pad batch only images of one size; order items by size to keep batches full).
     A bad image raises BadInputError naming it (after the batches before it are stored), or with
     ``skip_bad`` is recorded in ``skipped`` and left out.
     """
-    done: dict[str, Detections] = {}
+    done: dict[str, Result] = {}
     skipped: list[dict[str, str]] = []
     if store is not None:
         done, skipped = store.load()
@@ -128,7 +148,7 @@ def run_dataset(
     batch_skipped: list[dict[str, str]] = []
 
     def flush() -> None:
-        finished_batch: list[tuple[str, Detections]] = []
+        finished_batch: list[tuple[str, Result]] = []
         if batch:
             count = len(batch)
             inputs = collate([p.array for p in batch], [p.meta for p in batch], batch_size)
@@ -157,6 +177,8 @@ def run_dataset(
             else:
                 timer.add("read", prepared.read_s)
                 timer.add("preprocess", prepared.preprocess_s)
+                if batch and batch_key is not None and batch_key(prepared.meta) != batch_key(batch[0].meta):
+                    flush()
                 batch.append(prepared)
             if len(batch) == batch_size:
                 flush()

@@ -41,3 +41,19 @@ class Detections:
             best = np.argsort(-self.scores[keep], kind="stable")[:max_dets]
             keep = np.sort(keep[best])
         return self.select(keep)
+
+
+@dataclass
+class LabelMap:
+    """Semantic segmentation of one image, in ORIGINAL-image pixels.
+
+    labels [H, W] uint8: class index per pixel (0-based into the model's class names; VOC: 0 = background).
+    margin [H, W] float32: top-1 minus top-2 logit per pixel, kept only where a comparison needs to know
+    which pixels are near-ties (None otherwise, and after a round trip through disk).
+    """
+
+    labels: np.ndarray
+    margin: np.ndarray | None = None
+
+    def __len__(self) -> int:  # the number of classes present: what a one-line summary reports
+        return int(np.unique(self.labels).size)

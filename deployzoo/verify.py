@@ -6,10 +6,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from deployzoo.compare import MatchResult, TensorDiff, match_detections, tensor_diff
+from deployzoo.compare import LabelMatch, MatchResult, TensorDiff, match_detections, tensor_diff
 from deployzoo.data.loader import BadImage, ImageItem, prepared_images
 from deployzoo.engine import split_outputs
 from deployzoo.errors import BadInputError
+from deployzoo.structures import LabelMap
 
 
 @dataclass
@@ -23,10 +24,12 @@ class Agreement:
     # Outputs whose rows are ranked by score (after NMS): near-equal scores may swap rows, which the
     # fixture rules allow, so these are reported but judged through the detection matching.
     ranked: tuple[str, ...] = ()
+    labels: LabelMatch | None = None  # segmentation models: label maps compared pixel by pixel
 
     @property
     def ok(self) -> bool:
-        return all(d.ok for d in self.outputs if d.name not in self.ranked) and self.detections.ok
+        labels_ok = self.labels is None or self.labels.ok
+        return all(d.ok for d in self.outputs if d.name not in self.ranked) and self.detections.ok and labels_ok
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +37,7 @@ class Agreement:
             "images": self.images,
             "outputs": [d.to_dict() for d in self.outputs],
             "detections": self.detections.to_dict(),
+            **({} if self.labels is None else {"label_maps": self.labels.to_dict()}),
             "engine": self.engine,
             "reference": self.reference,
             "tolerances": self.tolerances,
@@ -45,6 +49,9 @@ class Agreement:
             verdict = ("yes" if d.ok else "NO") if d.name not in self.ranked else ("yes" if d.ok else "rows swapped (see matching)")
             lines.append(f"| {d.name} | {d.max_abs:.3e} | {d.max_rel:.3e} | {d.tolerance:.0e} | {verdict} |")
         m = self.detections
+        if self.labels is not None:
+            return "\n".join(lines + ["", self.labels.describe(),
+                                       f"Verdict: **{'PASS' if self.ok else 'FAIL'}** over {self.images} images."])
         lines += [
             "",
             f"Detections: {m.matched} matched one to one, {m.unmatched_engine} engine-only, "
@@ -63,6 +70,9 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
     """Run the same preprocessed batches through ``engine`` and ``reference`` (pipeline.Engine objects)."""
     spec = engine.spec
     postprocess = spec.make_postprocess()
+    reference_postprocess = spec.make_postprocess()
+    if hasattr(reference_postprocess, "keep_margin"):  # segmentation: which pixels are near-ties
+        reference_postprocess.keep_margin = True
     batch_size = engine.backend.batch_size
     worst: dict[str, TensorDiff] = {}
     pooled_engine, pooled_reference = [], []
@@ -71,8 +81,7 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
         if isinstance(p, BadImage):
             raise BadInputError(p.path, p.problem)
         prepared.append(p)
-    for start in range(0, len(prepared), batch_size):
-        chunk = prepared[start : start + batch_size]
+    for chunk in _chunks(prepared, batch_size, spec.batch_key):
         count = len(chunk)
         feeds = spec.make_feeds([p.array for p in chunk], [p.meta for p in chunk], batch_size)
         ids = [p.image_id for p in chunk]
@@ -84,8 +93,15 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
                 worst[name] = diff
         for p, e, r in zip(chunk, split_outputs(out_e, count), split_outputs(out_r, count)):
             pooled_engine.append(postprocess(e, p.meta))
-            pooled_reference.append(postprocess(r, p.meta))
-    matches = _match_pooled(pooled_engine, pooled_reference)
+            pooled_reference.append(reference_postprocess(r, p.meta))
+    labels = None
+    if pooled_reference and isinstance(pooled_reference[0], LabelMap):
+        labels = LabelMatch()
+        for e, r in zip(pooled_engine, pooled_reference):
+            labels.add(e.labels, r.labels, r.margin)
+        matches = MatchResult(0, 0, 0, 1.0, 0.0)
+    else:
+        matches = _match_pooled(pooled_engine, pooled_reference)
     return Agreement(
         images=len(prepared),
         outputs=[worst[n] for n in spec.output_names],
@@ -93,11 +109,25 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
         engine=engine.describe(),
         reference=reference.describe(),
         ranked=tuple(spec.ranked_outputs),
+        labels=labels,
         tolerances={
             "outputs": "max|engine - reference| <= 1e-4 * max(1, max|reference|)",
-            "detections": "one-to-one: same label, IoU > 0.999, |score difference| < 1e-4",
+            **({"label_maps": "identical except where the reference's top two logits are within 1e-5"}
+               if labels is not None else
+               {"detections": "one-to-one: same label, IoU > 0.999, |score difference| < 1e-4"}),
         },
     )
+
+
+def _chunks(prepared: list, batch_size: int, batch_key) -> list[list]:
+    """Consecutive batches of at most ``batch_size``; with ``batch_key``, one key per batch."""
+    chunks: list[list] = []
+    for p in prepared:
+        if (not chunks or len(chunks[-1]) == batch_size
+                or (batch_key is not None and batch_key(p.meta) != batch_key(chunks[-1][0].meta))):
+            chunks.append([])
+        chunks[-1].append(p)
+    return chunks
 
 
 def _reference_infer(reference, feeds: dict[str, np.ndarray], ids, count: int) -> dict[str, np.ndarray]:

@@ -159,3 +159,48 @@ def fsaf_case() -> dict:
     case = json.loads((FIXTURES / FSAF / "case-1.json").read_text())
     arrays = dict(np.load(FIXTURES / FSAF / "case-1.npz"))
     return {"json": case, "arrays": arrays, "image": FIXTURES / FSAF / "case-1.png"}
+
+
+PSPNET = "mmseg-pspnet-r50-d8-voc12aug"
+
+
+@pytest.fixture(scope="session")
+def pspnet_spec():
+    from deployzoo.registry import get_spec
+
+    return get_spec(PSPNET)
+
+
+@pytest.fixture(scope="session")
+def pspnet_checkpoint(tmp_path_factory) -> Path:
+    """The fixture's weights (dz-init-v1, seed 0) in mmsegmentation's container: {'state_dict', 'meta'}."""
+    keys = json.loads((FIXTURES / PSPNET / "keys.json").read_text())
+    weights = make_state_dict(keys["tensors"], seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "pspnet_r50-d8_512x512_20k_voc12aug_20200617_101958-ed5dfbd9.pth"
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    torch.save({"state_dict": state, "meta": {"mmseg_version": "0.5.0", "CLASSES": ["background"]}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pspnet_loaded(pspnet_spec, pspnet_checkpoint):
+    from deployzoo.engine import load_model
+
+    return load_model(pspnet_spec, pspnet_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def pspnet_onnx(tmp_path_factory, pspnet_loaded) -> Path:
+    """Dynamic batch, height and width export of the fixture-weights PSPNet (logits contract)."""
+    from deployzoo.pipeline import export_model
+
+    path = tmp_path_factory.mktemp("onnx") / "pspnet-dyn.onnx"
+    export_model(pspnet_loaded, path, dynamic_batch=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pspnet_case() -> dict:
+    case = json.loads((FIXTURES / PSPNET / "case-1.json").read_text())
+    arrays = dict(np.load(FIXTURES / PSPNET / "case-1.npz"))
+    return {"json": case, "arrays": arrays, "image": FIXTURES / PSPNET / "case-1.png"}

@@ -141,3 +141,15 @@ def read_image_bgr_pil(path: str | Path) -> np.ndarray:
         return decode_bgr_pil(data.tobytes())
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError... for bad files
         raise BadInputError(path, f"not a decodable image ({data.size} bytes): {exc}") from exc
+
+
+def image_size_hw(path: str | Path) -> tuple[int, int] | None:
+    """(H, W) from the file header without decoding (PIL reads lazily); None if unreadable. Used only to
+    order images so that equal sizes batch together: a wrong or missing answer costs speed, not results."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(image.height), int(image.width)
+    except Exception:  # noqa: BLE001 - the loader reports bad files properly later
+        return None

@@ -126,9 +126,13 @@ def parse_voc_xml(xml_path: str | Path, image_id: str | None = None) -> VOCAnnot
     )
 
 
-def _find_year_dir(root: Path, year: str, split: str) -> Path:
-    """Accept the VOC<year> directory itself, the VOCdevkit directory, or its parent."""
-    rel = Path("ImageSets", "Main", f"{split}.txt")
+def _find_year_dir(root: Path, year: str, split: str, subdir: str = "Main") -> Path:
+    """Accept the VOC<year> directory itself, the VOCdevkit directory, or its parent.
+
+    ``subdir`` is the ImageSets folder holding the split file ("Main" for detection,
+    "Segmentation" for semantic segmentation).
+    """
+    rel = Path("ImageSets", subdir, f"{split}.txt")
     candidates = [root, root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}"]
     for cand in candidates:
         if (cand / rel).is_file():

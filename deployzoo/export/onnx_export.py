@@ -76,7 +76,12 @@ def export_onnx(
             do_constant_folding=True,
         )
     proto = onnx.load(str(out_path))
-    _declare_output_shapes(proto, [tuple(o.shape) for o in reference_outputs], "batch" if dynamic_batch else None)
+    shapes = []
+    for name, value in zip(spec.output_names, reference_outputs):
+        dims = spec.output_dims.get(name)  # None entries follow the input size: declared as named free dims
+        shapes.append(tuple(value.shape) if dims is None else
+                      (value.shape[0], *(f"{name}_dim{i + 1}" if d is None else d for i, d in enumerate(dims))))
+    _declare_output_shapes(proto, shapes, "batch" if dynamic_batch else None)
     # onnxruntime refuses the newest IR versions: write the lowest one that supports the opset.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     metadata = {
@@ -110,9 +115,10 @@ def export_onnx(
     )
 
 
-def _declare_output_shapes(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], batch_param: str | None) -> None:
+def _declare_output_shapes(proto: onnx.ModelProto, shapes: list[tuple[int | str, ...]], batch_param: str | None) -> None:
     """Write the outputs' true sizes into the graph: the tracer leaves flattened sizes symbolic
-    (``Softmaxodm_conf_dim_1``), and consumers of the file should see [batch, 6375, 21]."""
+    (``Softmaxodm_conf_dim_1``), and consumers of the file should see [batch, 6375, 21]. A str size
+    is a named free dim (an output that follows the input's H, W)."""
     for output, shape in zip(proto.graph.output, shapes):
         dims = output.type.tensor_type.shape.dim
         del dims[:]
@@ -120,6 +126,8 @@ def _declare_output_shapes(proto: onnx.ModelProto, shapes: list[tuple[int, ...]]
             dim = dims.add()
             if axis == 0 and batch_param is not None:
                 dim.dim_param = batch_param
+            elif isinstance(size, str):
+                dim.dim_param = size
             else:
                 dim.dim_value = int(size)
 
