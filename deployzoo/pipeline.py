@@ -189,10 +189,8 @@ def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> 
     from deployzoo.data.vendor_bin import find_dumps, read_bin
 
     if not spec.output_shapes:
-        hint = (f"; export a fixed-canvas variant such as {spec.name}@500x500 for vendor tools"
-                if spec.canvas_variant is not None and spec.canvas_divisor == 1 else "")
         raise DeployzooError(f"{spec.name} has no fixed output shapes (its graph follows each image's size), "
-                             f"so its dumps cannot be read{hint}")
+                             f"so its dumps cannot be read; a fixed-canvas variant ({spec.name}@HxW) has them")
     shapes = [spec.output_shapes[n] for n in spec.output_names]
     index = find_dumps(dumps_dir, list(stems), len(shapes))
 
