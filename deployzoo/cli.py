@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from deployzoo.backends import BACKENDS
 from deployzoo.errors import DeployzooError
 
 
@@ -22,7 +23,7 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     p.add_argument("model", help="registry name (see `deployzoo models`)")
     p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
     p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
-    p.add_argument("--backend", default=backend_default, choices=["onnxruntime", "pytorch"])
+    p.add_argument("--backend", default=backend_default, choices=list(BACKENDS))
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
 
 
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "bench", help="pure-inference benchmark over batch sizes")
     p.add_argument("model", help="registry name or an exported .onnx")
     p.add_argument("--checkpoint")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "pytorch"])
+    p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
     p.add_argument("--batch", type=_batch_list, default=[1, 4, 8])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="at least this many timed iterations")

@@ -59,6 +59,12 @@ def make_backend(
         from deployzoo.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(onnx_path, batch_size=batch_size, threads=threads)
+    if name == "openvino":
+        if onnx_path is None:
+            raise DeployzooError("the openvino backend needs an exported .onnx file")
+        from deployzoo.backends.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(onnx_path, batch_size=batch_size, threads=threads)
     if name == "pytorch":
         if model is None:
             raise DeployzooError("the pytorch backend needs the model (a checkpoint or stand-in weights)")

@@ -1,0 +1,110 @@
+"""OpenVINO on CPU (pip extra ``deployzoo[openvino]``): reads our ONNX, optionally caches it as IR."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployzoo.backends.base import Backend
+from deployzoo.errors import BadInputError, DeployzooError
+
+HINTS = ("latency", "throughput")
+# OpenVINO's CPU plugin computes in bf16 by default on CPUs that have it (AMX, AVX512-BF16): an fp32
+# engine must ask for f32 explicitly, or its numbers silently stop matching the other backends.
+_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError as exc:
+        raise DeployzooError("the openvino backend needs OpenVINO: pip install 'deployzoo[openvino]'") from exc
+    return openvino
+
+
+class OpenVINOBackend(Backend):
+    """Compiles an exported .onnx for OpenVINO's CPU plugin.
+
+    Args:
+        model_path: the .onnx (read directly) or an OpenVINO IR .xml.
+        batch_size: the batch this engine runs; a graph with a fixed other batch is refused.
+        threads: inference threads (0 = OpenVINO's default).
+        hint: "latency" (one request, all cores on it) or "throughput" (OpenVINO's streams).
+        precision: "fp32" (f32 forced), "fp16" or "bf16" (the CPU plugin's inference precision hint).
+        ir_cache: a folder to convert the ONNX into IR once (``<stem>-<hash>.xml``) and read it from there.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_path: str | Path, batch_size: int = 1, threads: int = 0, hint: str = "latency",
+                 precision: str = "fp32", ir_cache: str | Path | None = None):
+        super().__init__()
+        ov = _import_openvino()
+        if hint not in HINTS:
+            raise DeployzooError(f"OpenVINO hint must be one of {HINTS}, got {hint!r}")
+        if precision not in _PRECISION_HINT:
+            raise DeployzooError(f"OpenVINO precision must be one of {tuple(_PRECISION_HINT)}, got {precision!r}")
+        model_path = Path(model_path)
+        self.source = str(model_path)
+        if not model_path.is_file():
+            raise BadInputError(model_path, "model file not found")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self._cached_ir(ov, core, model_path, ir_cache) if ir_cache else model_path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own text
+            raise BadInputError(model_path, f"OpenVINO cannot read it: {exc}") from exc
+        self.batch_size = batch_size
+        for port in model.inputs:
+            shape = port.get_partial_shape()
+            dims = tuple(None if d.is_dynamic else d.get_length() for d in shape)
+            if dims and dims[0] is not None and dims[0] != batch_size:
+                raise BadInputError(model_path, f"input '{port.get_any_name()}' is fixed to batch {dims[0]}, but batch "
+                                                f"{batch_size} was asked for; export with --batch {batch_size} or --dynamic-batch")
+            self.input_shapes[port.get_any_name()] = (batch_size, *dims[1:]) if dims else dims
+        self.output_names = [port.get_any_name() for port in model.outputs]
+        config = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision]}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise BadInputError(model_path, f"OpenVINO cannot compile it for CPU: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.threads, self.hint, self.precision = threads, hint, precision
+        self.version = ov.__version__
+        self.device_name = core.get_property("CPU", "FULL_DEVICE_NAME")
+
+    @staticmethod
+    def _cached_ir(ov, core, onnx_path: Path, folder: str | Path) -> Path:
+        """Convert once to IR in ``folder``, keyed by the ONNX file's content hash."""
+        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+        xml = Path(folder) / f"{onnx_path.stem}-{digest}.xml"
+        if not xml.is_file():
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            ov.save_model(core.read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+        return xml
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_inputs(inputs)
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.input_shapes}
+        results = self.request.infer(feed)
+        by_name = {port.get_any_name(): value for port, value in results.items()}
+        return {name: np.array(by_name[name]) for name in self.output_names}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "version": self.version,
+            "device": f"CPU ({self.device_name})",
+            "threads": self.threads or "default",
+            "hint": self.hint,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "model": self.source,
+        }
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
