@@ -17,6 +17,31 @@ from dzinit import make_state_dict  # noqa: E402  (the fixtures' own weight rule
 REFINEDET = "refinedet320-vgg16-voc"
 
 
+def _openmmlab_checkpoint(tmp_path_factory, fixture: str, file_name: str, meta: dict) -> Path:
+    """The fixture's weights (dz-init-v1, seed 0) in OpenMMLab's container: {'state_dict', 'meta'}."""
+    keys = json.loads((FIXTURES / fixture / "keys.json").read_text())
+    weights = make_state_dict(keys["tensors"], seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / file_name
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    torch.save({"state_dict": state, "meta": meta}, path)
+    return path
+
+
+def _dynamic_export(tmp_path_factory, loaded, file_name: str) -> Path:
+    """Dynamic batch (and size, where the spec leaves it free) export of a fixture-weights model."""
+    from deployzoo.pipeline import export_model
+
+    path = tmp_path_factory.mktemp("onnx") / file_name
+    export_model(loaded, path, dynamic_batch=True)
+    return path
+
+
+def _case(fixture: str) -> dict:
+    case = json.loads((FIXTURES / fixture / "case-1.json").read_text())
+    arrays = dict(np.load(FIXTURES / fixture / "case-1.npz"))
+    return {"json": case, "arrays": arrays, "image": FIXTURES / fixture / "case-1.png"}
+
+
 @pytest.fixture(scope="session")
 def refinedet_spec():
     from deployzoo.registry import get_spec
@@ -81,13 +106,7 @@ def mask_rcnn_spec():
 
 @pytest.fixture(scope="session")
 def mask_rcnn_checkpoint(tmp_path_factory) -> Path:
-    """The fixture's weights (dz-init-v1, seed 0) in mmdetection's container: {'state_dict', 'meta'}."""
-    keys = json.loads((FIXTURES / MASK_RCNN / "keys.json").read_text())
-    weights = make_state_dict(keys["tensors"], seed=0)
-    path = tmp_path_factory.mktemp("ckpt") / "mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth"
-    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
-    torch.save({"state_dict": state, "meta": {"mmdet_version": "2.0.0", "CLASSES": ["person"]}}, path)
-    return path
+    return _openmmlab_checkpoint(tmp_path_factory, MASK_RCNN, "mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth", {"mmdet_version": "2.0.0", "CLASSES": ["person"]})
 
 
 @pytest.fixture(scope="session")
@@ -100,18 +119,12 @@ def mask_rcnn_loaded(mask_rcnn_spec, mask_rcnn_checkpoint):
 @pytest.fixture(scope="session")
 def mask_rcnn_onnx(tmp_path_factory, mask_rcnn_loaded) -> Path:
     """Dynamic batch and size export of the fixture-weights Mask R-CNN."""
-    from deployzoo.pipeline import export_model
-
-    path = tmp_path_factory.mktemp("onnx") / "mask-rcnn-dyn.onnx"
-    export_model(mask_rcnn_loaded, path, dynamic_batch=True)
-    return path
+    return _dynamic_export(tmp_path_factory, mask_rcnn_loaded, "mask-rcnn-dyn.onnx")
 
 
 @pytest.fixture(scope="session")
 def mask_rcnn_case() -> dict:
-    case = json.loads((FIXTURES / MASK_RCNN / "case-1.json").read_text())
-    arrays = dict(np.load(FIXTURES / MASK_RCNN / "case-1.npz"))
-    return {"json": case, "arrays": arrays, "image": FIXTURES / MASK_RCNN / "case-1.png"}
+    return _case(MASK_RCNN)
 
 
 FSAF = "mmdet-fsaf-r50-fpn-1x"
@@ -128,13 +141,7 @@ def fsaf_spec():
 
 @pytest.fixture(scope="session")
 def fsaf_checkpoint(tmp_path_factory) -> Path:
-    """The fixture's weights (dz-init-v1, seed 0) in mmdetection's container: {'state_dict', 'meta'}."""
-    keys = json.loads((FIXTURES / FSAF / "keys.json").read_text())
-    weights = make_state_dict(keys["tensors"], seed=0)
-    path = tmp_path_factory.mktemp("ckpt") / "fsaf_r50_fpn_1x_coco-94ccc51f.pth"
-    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
-    torch.save({"state_dict": state, "meta": {"mmdet_version": "2.0.0", "CLASSES": ["person"]}}, path)
-    return path
+    return _openmmlab_checkpoint(tmp_path_factory, FSAF, "fsaf_r50_fpn_1x_coco-94ccc51f.pth", {"mmdet_version": "2.0.0", "CLASSES": ["person"]})
 
 
 @pytest.fixture(scope="session")
@@ -147,18 +154,12 @@ def fsaf_loaded(fsaf_spec, fsaf_checkpoint):
 @pytest.fixture(scope="session")
 def fsaf_onnx(tmp_path_factory, fsaf_loaded) -> Path:
     """Dynamic batch and size export of the fixture-weights FSAF (algorithm B)."""
-    from deployzoo.pipeline import export_model
-
-    path = tmp_path_factory.mktemp("onnx") / "fsaf-v3post-dyn.onnx"
-    export_model(fsaf_loaded, path, dynamic_batch=True)
-    return path
+    return _dynamic_export(tmp_path_factory, fsaf_loaded, "fsaf-v3post-dyn.onnx")
 
 
 @pytest.fixture(scope="session")
 def fsaf_case() -> dict:
-    case = json.loads((FIXTURES / FSAF / "case-1.json").read_text())
-    arrays = dict(np.load(FIXTURES / FSAF / "case-1.npz"))
-    return {"json": case, "arrays": arrays, "image": FIXTURES / FSAF / "case-1.png"}
+    return _case(FSAF)
 
 
 PSPNET = "mmseg-pspnet-r50-d8-voc12aug"
@@ -173,13 +174,7 @@ def pspnet_spec():
 
 @pytest.fixture(scope="session")
 def pspnet_checkpoint(tmp_path_factory) -> Path:
-    """The fixture's weights (dz-init-v1, seed 0) in mmsegmentation's container: {'state_dict', 'meta'}."""
-    keys = json.loads((FIXTURES / PSPNET / "keys.json").read_text())
-    weights = make_state_dict(keys["tensors"], seed=0)
-    path = tmp_path_factory.mktemp("ckpt") / "pspnet_r50-d8_512x512_20k_voc12aug_20200617_101958-ed5dfbd9.pth"
-    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
-    torch.save({"state_dict": state, "meta": {"mmseg_version": "0.5.0", "CLASSES": ["background"]}}, path)
-    return path
+    return _openmmlab_checkpoint(tmp_path_factory, PSPNET, "pspnet_r50-d8_512x512_20k_voc12aug_20200617_101958-ed5dfbd9.pth", {"mmseg_version": "0.5.0", "CLASSES": ["background"]})
 
 
 @pytest.fixture(scope="session")
@@ -192,15 +187,9 @@ def pspnet_loaded(pspnet_spec, pspnet_checkpoint):
 @pytest.fixture(scope="session")
 def pspnet_onnx(tmp_path_factory, pspnet_loaded) -> Path:
     """Dynamic batch, height and width export of the fixture-weights PSPNet (logits contract)."""
-    from deployzoo.pipeline import export_model
-
-    path = tmp_path_factory.mktemp("onnx") / "pspnet-dyn.onnx"
-    export_model(pspnet_loaded, path, dynamic_batch=True)
-    return path
+    return _dynamic_export(tmp_path_factory, pspnet_loaded, "pspnet-dyn.onnx")
 
 
 @pytest.fixture(scope="session")
 def pspnet_case() -> dict:
-    case = json.loads((FIXTURES / PSPNET / "case-1.json").read_text())
-    arrays = dict(np.load(FIXTURES / PSPNET / "case-1.npz"))
-    return {"json": case, "arrays": arrays, "image": FIXTURES / PSPNET / "case-1.png"}
+    return _case(PSPNET)
