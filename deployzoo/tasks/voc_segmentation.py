@@ -14,7 +14,6 @@ from deployzoo.data.voc_seg import (
     VOC_SEG_CLASSES,
     VOCSegmentation,
     read_label_png,
-    write_label_png,
 )
 from deployzoo.errors import BadInputError
 from deployzoo.eval.miou import MIoUResult, SegmentationAccumulator
@@ -135,8 +134,6 @@ class VOCSegmentationTask:
     @staticmethod
     def write_predictions(out_dir: str | Path, results: Mapping[str, LabelMap]) -> Path:
         """Write each prediction as ``out_dir/label_maps/<id>.png`` (VOC palette PNG); returns that folder."""
-        folder = Path(out_dir) / "label_maps"
-        folder.mkdir(parents=True, exist_ok=True)
-        for image_id, label_map in results.items():
-            write_label_png(folder / f"{image_id}.png", label_map.labels)
-        return folder
+        from deployzoo.predictions import write_label_maps
+
+        return write_label_maps(out_dir, results.items())
