@@ -7,6 +7,7 @@ from pathlib import Path
 
 from deployzoo.backends import BACKENDS
 from deployzoo.errors import DeployzooError
+from deployzoo.precision import CHOICES as PRECISION_CHOICES
 
 
 def _batch_list(text: str) -> list[int]:
@@ -25,6 +26,49 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
     p.add_argument("--backend", default=backend_default, choices=list(BACKENDS))
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
+    _add_precision_args(p)
+
+
+def _add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", choices=list(PRECISION_CHOICES),
+                   help="fp16/bf16 engines are checked by the accuracy guard (metric vs fp32 on a sample, delta "
+                        "reported); auto keeps fp16 only where the guard holds")
+    p.add_argument("--guard-images", type=int, default=8, help="images the accuracy guard evaluates")
+    p.add_argument("--guard-tolerance", type=float, default=0.5, help="largest metric drop (points) the guard allows")
+    p.add_argument("--guard-data", help="dataset for the guard (default: the command's --data, else a synthetic set)")
+
+
+def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, loaded=None, onnx=None,
+                       data=None) -> tuple[str, dict | None]:
+    """--precision as given, or auto's choice; below fp32 the accuracy guard runs first and is reported."""
+    from deployzoo.backends import ONNX_BACKENDS
+    from deployzoo.engine import load_model
+    from deployzoo.pipeline import artifact_name, export_model, open_engine
+    from deployzoo.precision_guard import run_guard, resolve_precision
+
+    if args.precision == "fp32":
+        return "fp32", None
+    if onnx is None or backend not in ONNX_BACKENDS:  # build the model (and its export) once for both guard engines
+        loaded = loaded or load_model(spec, args.checkpoint)
+    if onnx is None and backend in ONNX_BACKENDS:
+        onnx = export_model(loaded, out / artifact_name(spec, 1, "fp32", ".onnx"), batch_size=1).path
+    data_root = args.guard_data or data
+    if data_root is None:
+        data_root = spec.evaluation.make_synthetic(out / "guard-data", num_images=args.guard_images)
+        print(f"note: the accuracy guard runs on {args.guard_images} generated synthetic images ({data_root})")
+
+    def guard(precision: str):
+        def engine(p: str):
+            return open_engine(spec, backend, 1, onnx_path=onnx, work_dir=out, threads=args.threads, loaded=loaded,
+                               precision=p)
+
+        return run_guard(spec, engine, precision, data_root, out / "guard", num_images=args.guard_images,
+                         tolerance=args.guard_tolerance)
+
+    precision, result = resolve_precision(args.precision, backend, guard)
+    if result is not None and not result.holds and args.precision != "auto":
+        print(f"warning: {precision} was asked for and is kept, but its accuracy guard does not hold")
+    return precision, None if result is None else result.to_dict()
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -87,7 +131,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.model)
     out = Path(args.out)
-    engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads)
+    precision, _ = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx)
+    engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
+                         precision=precision)
     if engine.loaded is not None:
         _print_weights(engine.loaded, args.verbose)
     records = predict_files(engine, args.images, score_threshold=args.score_thr, max_dets=args.max_dets, out_dir=out)
@@ -111,18 +157,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fingerprint = {"model": spec.name, "engine": "dumps", "dumps": str(Path(args.dumps).resolve())}
         describe = {"backend": "vendor dumps", "directory": args.dumps}
     else:
-        engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads)
+        precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
+        engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
+                             precision=precision)
         if engine.loaded is not None:
             _print_weights(engine.loaded, args.verbose)
         infer = engine.infer
-        fingerprint = {"model": spec.name, "backend": args.backend, "weights": engine.weights,
+        fingerprint = {"model": spec.name, "backend": args.backend, "precision": precision, "weights": engine.weights,
                        "checkpoint": fingerprint_file(args.checkpoint), "onnx": fingerprint_file(engine.onnx_path)}
+        if guard is not None:
+            fingerprint["accuracy_guard"] = guard
         describe = engine.describe()
     outcome = evaluate_dataset(spec, args.data, infer, args.batch, out, fingerprint, protocol=args.protocol,
                                resume=args.resume, skip_bad=args.skip_bad, workers=args.workers, limit=args.limit)
     print(outcome.metrics.table())
     print()
-    print(f"Stages ({describe.get('backend')}, batch {args.batch}):")
+    print(f"Stages ({describe.get('backend')}, {describe.get('precision', 'fp32')}, batch {args.batch}):")
     print(outcome.run.timer.table())
     skipped = outcome.summary["images_skipped"]
     if skipped:
@@ -137,42 +187,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.bench.pure import bench_sweep
     from deployzoo.bench.report import environment, sweep_table, write_csv, write_json
     from deployzoo.engine import load_model, make_backend
-    from deployzoo.pipeline import export_model
+    from deployzoo.pipeline import artifact_name, export_model
     from deployzoo.registry import get_spec
 
     out = Path(args.out or "runs/bench")
     target = args.model
+    loaded = None
     if target.endswith(".onnx"):
         from deployzoo.export.onnx_export import read_metadata
 
+        if args.backend not in ONNX_BACKENDS:
+            raise DeployzooError(f"{target} is an ONNX file: choose --backend {' or '.join(ONNX_BACKENDS)}")
         spec = get_spec(read_metadata(target).get("deployzoo.model", ""))
         onnx_files = {b: Path(target) for b in args.batch}
-        loaded = None
     else:
         spec = get_spec(target)
         loaded = load_model(spec, args.checkpoint)
         onnx_files = {}
-        if args.backend != "pytorch":
+        if args.backend in ONNX_BACKENDS:
             for b in args.batch:
-                onnx_files[b] = export_model(loaded, out / f"{spec.name}-b{b}.onnx", batch_size=b).path
+                onnx_files[b] = export_model(loaded, out / artifact_name(spec, b, "fp32", ".onnx"), batch_size=b).path
+    precision, guard = _resolve_precision(args, spec, args.backend, out, loaded=loaded,
+                                          onnx=onnx_files.get(1) or next(iter(onnx_files.values()), None),
+                                          data=args.data)
 
     def make(batch: int):
         model = loaded.model if loaded is not None else None
-        return make_backend(args.backend, spec, batch, onnx_path=onnx_files.get(batch), model=model, threads=args.threads)
+        return make_backend(args.backend, spec, batch, onnx_path=onnx_files.get(batch), model=model, threads=args.threads,
+                            precision=precision, cache_dir=out / "engines")
 
-    results = bench_sweep(make, args.batch, inputs_for=spec.make_example_inputs, warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds)
+    results = bench_sweep(make, args.batch, inputs_for=spec.make_example_inputs, warmup=args.warmup, min_iters=args.iters,
+                          min_seconds=args.min_seconds, native=args.native)
     print(sweep_table(results))
     for r in results:
         if r.ok and r.stats.variation_warning():
             print(f"warning (batch {r.batch_size}): {r.stats.variation_warning()}")
-    payload = {"model": spec.name, "mode": "pure inference", "environment": environment(),
-               "results": [r.to_dict() for r in results]}
-    write_json(out / "bench.json", payload)
-    write_csv(out / "bench.csv", [_bench_row(spec.name, r) for r in results])
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.csv'}")
+        if r.ok and r.overhead:
+            o = r.overhead
+            print(f"harness overhead (batch {r.batch_size}): ours {o['ours_images_per_s']:.3f} images/s, "
+                  f"{r.name}'s own loop {o['native_images_per_s']:.3f} images/s: ratio {o['ratio']:.3f} "
+                  f"({100 * (o['ratio'] - 1):+.1f}%; {o['iterations']} calls each, interleaved)")
+    payload = {"model": spec.name, "mode": "pure inference", "precision": precision, "accuracy_guard": guard,
+               "environment": environment(), "results": [r.to_dict() for r in results]}
+    stem = f"bench-{args.backend}-{precision}"
+    write_json(out / f"{stem}.json", payload)
+    write_csv(out / f"{stem}.csv", [_bench_row(spec.name, r) for r in results])
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.csv')}")
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -180,6 +244,8 @@ def _bench_row(model: str, r) -> dict:
     row = {"model": model, "backend": r.name, "precision": r.precision, "batch": r.batch_size, "error": r.error}
     if r.ok:
         row.update({k: v for k, v in r.stats.to_dict().items()})
+        if r.overhead:
+            row.update({"native_images_per_s": r.overhead["native_images_per_s"], "overhead_ratio": r.overhead["ratio"]})
     return row
 
 
@@ -194,7 +260,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/compare-{spec.name}")
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
-    engine = open_engine(spec, args.backend, args.batch, onnx_path=args.onnx, work_dir=out, threads=args.threads, loaded=loaded)
+    precision, _ = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=args.onnx, data=args.data)
+    engine = open_engine(spec, args.backend, args.batch, onnx_path=args.onnx, work_dir=out, threads=args.threads,
+                         loaded=loaded, precision=precision)
     reference = open_engine(spec, "pytorch", 1, loaded=loaded)
     items = _compare_items(spec, args, out)
     agreement = compare_engines(engine, reference, items)
@@ -238,6 +306,43 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"wrote a synthetic {spec.evaluation.dataset_name} dataset with {args.num_images} images at {root}")
         return 0
     raise DeployzooError(f"unknown data command {args.data_command}")
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from deployzoo.bench.matrix_report import best_batch_table, matrix_table, status_counts, write_matrix_reports
+    from deployzoo.bench.report import environment
+    from deployzoo.matrix import Matrix, MatrixSettings
+    from deployzoo.precision import PRECISIONS
+    from deployzoo.registry import get_spec, model_names
+
+    models = model_names() if args.models == "all" else _name_list(args.models)
+    for m in models:
+        get_spec(m)  # an unknown name fails before anything runs
+    backends, precisions = _name_list(args.backends), _name_list(args.precisions)
+    for b in backends:
+        if b not in BACKENDS:
+            raise DeployzooError(f"unknown backend '{b}'; available: {', '.join(BACKENDS)}")
+    for pr in precisions:
+        if pr not in PRECISIONS:
+            raise DeployzooError(f"unknown precision '{pr}'; available: {', '.join(PRECISIONS)}")
+    settings = MatrixSettings(warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds,
+                              threads=args.threads, overhead=args.overhead, guard_images=args.guard_images,
+                              guard_tolerance=args.guard_tolerance, data=args.data, checkpoint=args.checkpoint)
+    matrix = Matrix(models, backends, precisions, args.batch, args.out, settings, resume=not args.fresh)
+    cells = matrix.run()
+    env = environment() | {"threads": args.threads or "backend default"}
+    paths = write_matrix_reports(args.out, cells, env)
+    print(matrix_table(cells))
+    print()
+    print(best_batch_table(cells))
+    print()
+    print(status_counts(cells))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -316,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=5.0, help="and at least this long")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out")
+    p.add_argument("--data", help="dataset for the accuracy guard (fp16, bf16, auto)")
+    p.add_argument("--no-native", dest="native", action="store_false",
+                   help="skip timing the backend's own run loop (ONNX Runtime, OpenVINO) for the overhead ratio")
+    _add_precision_args(p)
     p.set_defaults(func=cmd_bench)
 
     p = command(sub, "compare", help="engine against the PyTorch model on the same images")
@@ -343,6 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--num-images", type=int, default=16)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data)
+
+    p = command(sub, "matrix", help="benchmark models x backends x precisions x batch sizes; resumable")
+    p.add_argument("--models", default="all", help="comma-separated registry names, or 'all' (the whole zoo)")
+    p.add_argument("--backends", default="onnxruntime,openvino,pytorch", help=f"comma-separated, of {', '.join(BACKENDS)}")
+    p.add_argument("--precisions", default="fp32,fp16", help="comma-separated, of fp32, fp16, bf16")
+    p.add_argument("--batch", type=_batch_list, default=[1, 4])
+    p.add_argument("--out", required=True, help="results folder; finished cells there are kept and reused")
+    p.add_argument("--fresh", action="store_true", help="measure every cell again instead of resuming")
+    p.add_argument("--checkpoint", help="official checkpoint (with a single model only)")
+    p.add_argument("--data", help="dataset for the accuracy guard (default: a synthetic set per dataset)")
+    p.add_argument("--guard-images", type=int, default=4)
+    p.add_argument("--guard-tolerance", type=float, default=0.5, help="largest metric drop (points) below fp32")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3, help="at least this many timed iterations per cell")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--overhead", action="store_true",
+                   help="also time ONNX Runtime's / OpenVINO's own run loop in each cell and report the ratio")
+    p.set_defaults(func=cmd_matrix)
 
     p = command(sub, "run", help="the main job: export, compare, evaluate, benchmark, report")
     p.add_argument("model")

@@ -1,6 +1,7 @@
 """Glue between a model spec, its weights and a backend: what the commands share."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,29 +52,43 @@ def make_backend(
     onnx_path: str | Path | None = None,
     model: torch.nn.Module | None = None,
     threads: int = 0,
+    precision: str = "fp32",
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
 ) -> Backend:
-    """A loaded engine by command-line name. ONNX backends need ``onnx_path``; pytorch needs ``model``."""
+    """A loaded engine by command-line name. ONNX backends need ``onnx_path``; the PyTorch ones need ``model``.
+
+    ``precision`` must be one the backend offers (deployzoo.precision); ``auto`` is resolved by the caller.
+    ``cache_dir``: where compiled artifacts are kept (OpenVINO IR, AOTInductor packages).
+    ``device`` applies to the PyTorch backends ("cpu", "cuda").
+    """
+    from deployzoo.backends import BACKENDS
+    from deployzoo.precision import check_precision
+
+    if name not in BACKENDS:
+        raise DeployzooError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+    check_precision(name, precision)
+    if name in ("onnxruntime", "openvino") and onnx_path is None:
+        raise DeployzooError(f"the {name} backend needs an exported .onnx file")
     if name == "onnxruntime":
-        if onnx_path is None:
-            raise DeployzooError("the onnxruntime backend needs an exported .onnx file")
         from deployzoo.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(onnx_path, batch_size=batch_size, threads=threads)
     if name == "openvino":
-        if onnx_path is None:
-            raise DeployzooError("the openvino backend needs an exported .onnx file")
         from deployzoo.backends.openvino_backend import OpenVINOBackend
 
-        return OpenVINOBackend(onnx_path, batch_size=batch_size, threads=threads)
-    if name == "pytorch":
-        if model is None:
-            raise DeployzooError("the pytorch backend needs the model (a checkpoint or stand-in weights)")
-        from deployzoo.backends.pytorch_backend import PyTorchBackend
+        return OpenVINOBackend(onnx_path, batch_size=batch_size, threads=threads, precision=precision, ir_cache=cache_dir)
+    if model is None:
+        raise DeployzooError(f"the {name} backend needs the model (a checkpoint or stand-in weights)")
+    from deployzoo.backends.pytorch_backend import MODES, PyTorchBackend
 
-        return PyTorchBackend(model, spec.graph_input_dims(), spec.output_names, batch_size, threads)
-    from deployzoo.backends import BACKENDS
-
-    raise DeployzooError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+    mode = {backend: mode for mode, backend in MODES.items()}[name]
+    if precision != "fp32" or device != "cpu":
+        model = copy.deepcopy(model)  # the backend casts / moves its module; the caller's stays the fp32 reference
+    example = spec.make_example_inputs(batch_size) if mode == "aoti" else None
+    return PyTorchBackend(model, spec.graph_input_dims(), spec.output_names, batch_size, threads, source=spec.name,
+                          precision=precision, device=device, mode=mode, cast_inputs=(spec.input_name,),
+                          example_inputs=example, cache_dir=cache_dir)
 
 
 def stack_batch(images: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, int]:

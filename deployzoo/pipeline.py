@@ -50,21 +50,34 @@ def open_engine(
     work_dir: str | Path = ".",
     threads: int = 0,
     loaded: LoadedModel | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
 ) -> Engine:
-    """Engine for ``backend`` at ``batch_size``.
+    """Engine for ``backend`` at ``batch_size`` and ``precision`` (fp32, fp16 or bf16; see resolve_precision for auto).
 
-    onnxruntime: runs ``onnx_path`` if given, else exports the model (from ``checkpoint`` or stand-in
-    weights) to ``work_dir`` at a fixed batch first. pytorch: runs the model itself.
+    ONNX backends run ``onnx_path`` if given, else export the model (from ``checkpoint`` or stand-in weights)
+    to ``work_dir`` at a fixed batch first. The PyTorch backends run the model itself; AOTInductor packages
+    are cached in ``work_dir/engines``.
     """
-    if backend == "pytorch" or onnx_path is None:
+    from deployzoo.backends import ONNX_BACKENDS
+
+    if backend not in ONNX_BACKENDS or onnx_path is None:
         loaded = loaded or load_model(spec, checkpoint)
-    if backend != "pytorch" and onnx_path is None:
-        onnx_path = Path(work_dir) / f"{spec.name}-b{batch_size}.onnx"
+    if backend in ONNX_BACKENDS and onnx_path is None:
+        onnx_path = Path(work_dir) / artifact_name(spec, batch_size, "fp32", ".onnx")  # the graph is fp32
         export_model(loaded, onnx_path, batch_size=batch_size)
-    model = loaded.model if loaded is not None else None
+    model = loaded.model if loaded is not None and backend not in ONNX_BACKENDS else None
     weights = loaded.weights if loaded is not None else f"from {onnx_path}"
-    engine_backend = make_backend(backend, spec, batch_size, onnx_path=onnx_path, model=model, threads=threads)
+    # AOTInductor packages must live somewhere; OpenVINO reads the ONNX directly unless a cache is asked for.
+    cache_dir = Path(work_dir) / "engines" if backend == "pytorch-aoti" else None
+    engine_backend = make_backend(backend, spec, batch_size, onnx_path=onnx_path, model=model, threads=threads,
+                                  precision=precision, device=device, cache_dir=cache_dir)
     return Engine(spec, engine_backend, loaded, Path(onnx_path) if onnx_path else None, weights)
+
+
+def artifact_name(spec: ModelSpec, batch_size: int | None, precision: str, suffix: str) -> str:
+    """``<model>-b<batch>-<precision><suffix>`` (``-bdyn`` for a dynamic batch): every artifact names its precision."""
+    return f"{spec.name}-b{'dyn' if batch_size is None else batch_size}-{precision}{suffix}"
 
 
 def predict_files(

@@ -6,7 +6,7 @@ Every backend feeds the same host-side post-processing, so all a backend has to 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,6 +55,12 @@ class Backend(ABC):
             if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
                 shown = tuple("?" if e is None else e for e in expected)
                 raise BadInputError(self.source or self.name, f"input '{name}' has shape {got}, engine expects {shown}")
+
+    def native_call(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any] | None:
+        """A zero-argument call that runs one batch through the backend's own API with ``inputs`` already
+        converted, and nothing of ours around it: the benchmark's reference for its harness overhead.
+        None when the backend has no such call."""
+        return None
 
     def close(self) -> None:
         """Release the engine (sessions, device memory). Safe to call twice."""

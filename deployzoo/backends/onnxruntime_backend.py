@@ -53,6 +53,12 @@ class OnnxRuntimeBackend(Backend):
         results = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, results))
 
+    def native_call(self, inputs: dict[str, np.ndarray]):
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.input_shapes}
+        names = self.output_names
+        run = self.session.run
+        return lambda: run(names, feed)
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,

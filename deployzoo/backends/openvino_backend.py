@@ -24,6 +24,45 @@ def _import_openvino():
     return openvino
 
 
+def apply_onnx_rules(model) -> dict[str, int]:
+    """Make ``model`` (as OpenVINO read it from our ONNX) break ties as ONNX and ONNX Runtime do.
+
+    The exported graphs rely on two rules that OpenVINO's ONNX reader does not carry over, and both
+    matter with stand-in weights, which saturate scores into exact ties and clip boxes to image edges:
+
+    * TopK: equal values come lowest index first (ONNX TopK). The reader makes TopK-11 with
+      ``stable=False``, whose CPU kernel orders ties arbitrarily; ``stable=True`` keeps input order.
+    * NonMaxSuppression: a box is suppressed when its IoU is strictly greater than ``iou_threshold``
+      (ONNX's reference implementation, ONNX Runtime, mmcv, torchvision, our eager NMS). OpenVINO's
+      suppresses at IoU >= threshold, so two boxes of IoU exactly 0.5 (e.g. one the left half of the
+      other) lose one box. IoU is compared in float32, where ``>= nextafter(t)`` is ``> t``.
+
+    Returns how many nodes each rule changed: {"TopK": n, "NonMaxSuppression": m}.
+    """
+    try:
+        from openvino import op as ov_op
+    except ImportError:  # OpenVINO < 2025
+        from openvino.runtime import op as ov_op
+    changed = {"TopK": 0, "NonMaxSuppression": 0}
+    for node in model.get_ordered_ops():
+        kind = node.get_type_name()
+        if kind == "TopK":
+            attributes = node.get_attributes()
+            if attributes.get("sort") == "value" and attributes.get("stable") is False:
+                node.set_attribute("stable", True)
+                changed[kind] += 1
+        elif kind == "NonMaxSuppression" and node.get_input_size() > 3:
+            threshold = node.input_value(3).get_node()
+            if threshold.get_type_name() != "Constant":
+                raise DeployzooError(f"OpenVINO: NonMaxSuppression '{node.get_friendly_name()}' has a computed "
+                                     "iou_threshold; only constant thresholds can be given ONNX's strict rule")
+            value = np.asarray(threshold.get_data(), dtype=np.float32)
+            strict = ov_op.Constant(np.array(np.nextafter(value, np.float32(np.inf)), dtype=np.float32))
+            node.input(3).replace_source_output(strict.output(0))
+            changed[kind] += 1
+    return changed
+
+
 class OpenVINOBackend(Backend):
     """Compiles an exported .onnx for OpenVINO's CPU plugin.
 
@@ -55,6 +94,7 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(self._cached_ir(ov, core, model_path, ir_cache) if ir_cache else model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own text
             raise BadInputError(model_path, f"OpenVINO cannot read it: {exc}") from exc
+        apply_onnx_rules(model)
         self.batch_size = batch_size
         for port in model.inputs:
             shape = port.get_partial_shape()
@@ -92,6 +132,11 @@ class OpenVINOBackend(Backend):
         results = self.request.infer(feed)
         by_name = {port.get_any_name(): value for port, value in results.items()}
         return {name: np.array(by_name[name]) for name in self.output_names}
+
+    def native_call(self, inputs: dict[str, np.ndarray]):
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.input_shapes}
+        infer = self.request.infer
+        return lambda: infer(feed)
 
     def describe(self) -> dict[str, Any]:
         return {

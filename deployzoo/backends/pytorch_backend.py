@@ -1,49 +1,137 @@
-"""PyTorch eager: the reference every engine is compared with."""
+"""PyTorch: eager (the reference every engine is compared with), torch.compile, and AOTInductor packages.
+
+One class, three ways to run the same module:
+  * ``eager``:   the module as it is;
+  * ``compile``: ``torch.compile`` (Inductor), compiled on the first call of each input shape;
+  * ``aoti``:    ``torch.export`` + AOTInductor, a ``.pt2`` package built once per model, weights, batch, shape,
+                 precision and device, and cached on disk like an engine file.
+Precision: fp32, or the module cast to fp16 / bf16 (the image input too; size inputs stay fp32, since bf16
+cannot even hold 375 exactly). Outputs always come back as fp32 / integer numpy arrays.
+"""
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from deployzoo.backends.base import Backend
+from deployzoo.errors import BadInputError, DeployzooError
+from deployzoo.precision import check_precision, torch_dtype
+
+MODES = {"eager": "pytorch", "compile": "pytorch-compile", "aoti": "pytorch-aoti"}
 
 
 class PyTorchBackend(Backend):
-    """Runs a zoo model (nn.Module whose forward returns outputs in ``output_names`` order) on CPU, fp32."""
+    """Runs a zoo model (nn.Module whose forward returns outputs in ``output_names`` order).
 
-    name = "pytorch"
+    Args:
+        input_dims: graph inputs in forward-argument order, per image (None = free dim).
+        precision: fp32, fp16 or bf16; the module is cast (a copy is not made: pass a model you may change).
+        device: "cpu" or "cuda" (or "cuda:N").
+        mode: eager, compile or aoti (see the module docstring).
+        cast_inputs: the inputs cast to ``precision`` (default: all); others stay fp32.
+        example_inputs: the inputs an aoti package is built for (its shapes are then fixed).
+        cache_dir: where aoti packages are kept (required for aoti).
+        cuda_graphs: compile mode on CUDA only: ``torch.compile(mode="reduce-overhead")``, which replays CUDA graphs.
+    """
 
     def __init__(self, model: torch.nn.Module, input_dims: dict[str, tuple[int | None, ...]],
-                 output_names: tuple[str, ...], batch_size: int = 1, threads: int = 0, source: str = ""):
-        """``input_dims``: graph inputs in forward-argument order, per image (None = free dim)."""
+                 output_names: tuple[str, ...], batch_size: int = 1, threads: int = 0, source: str = "",
+                 precision: str = "fp32", device: str = "cpu", mode: str = "eager",
+                 cast_inputs: tuple[str, ...] | None = None, example_inputs: dict[str, np.ndarray] | None = None,
+                 cache_dir: str | Path | None = None, cuda_graphs: bool = False):
         super().__init__()
-        self.model = model.eval()
+        if mode not in MODES:
+            raise DeployzooError(f"PyTorch mode must be one of {tuple(MODES)}, got {mode!r}")
+        self.name = MODES[mode]
+        check_precision(self.name, precision)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DeployzooError(f"device '{device}' asked for, but this torch ({torch.__version__}) sees no CUDA device")
+        if cuda_graphs and (mode != "compile" or self.device.type != "cuda"):
+            raise DeployzooError("CUDA graphs need mode 'compile' on a CUDA device")
+        self.mode, self.precision, self.cuda_graphs = mode, precision, cuda_graphs
+        self.dtype = torch_dtype(precision)
         self.batch_size = batch_size
         self.threads = threads
         self.input_shapes = {name: (batch_size, *dims) for name, dims in input_dims.items()}
+        self.cast_inputs = tuple(input_dims) if cast_inputs is None else tuple(cast_inputs)
         self.output_names = list(output_names)
         self.source = source or type(model).__name__
+        self.package: Path | None = None
         if threads:
             torch.set_num_threads(threads)
+        model = model.eval().to(self.device, self.dtype)
+        self._run: Callable[..., Any] = self._prepare(model, example_inputs, cache_dir)
+        self.model = model
+
+    def _prepare(self, model: torch.nn.Module, example_inputs, cache_dir) -> Callable[..., Any]:
+        if self.mode == "eager":
+            return model
+        if self.mode == "compile":
+            return torch.compile(model, mode="reduce-overhead" if self.cuda_graphs else "default", dynamic=False)
+        if example_inputs is None or cache_dir is None:
+            raise DeployzooError("an AOTInductor package needs example inputs (its fixed shapes) and a cache folder")
+        # The package is built for these shapes: fix any free dim so other shapes are refused with a clear error.
+        self.input_shapes = {name: tuple(example_inputs[name].shape) for name in self.input_shapes}
+        from deployzoo.backends.aoti_package import load_or_build
+
+        args = self._to_torch(example_inputs)
+        self.package = load_or_build(model, args, Path(cache_dir), self._package_name(model, args))
+        return torch._inductor.aoti_load_package(str(self.package))
+
+    def _package_name(self, model: torch.nn.Module, args: list[torch.Tensor]) -> str:
+        """Stem naming what the package was built from; the digest covers weights, shapes and torch version."""
+        digest = hashlib.sha256(torch.__version__.encode())
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        for a in args:
+            digest.update(str(tuple(a.shape)).encode())
+        stem = Path(self.source).stem if self.source else type(model).__name__
+        return f"{stem}-b{self.batch_size}-{self.precision}-{self.device.type}-{digest.hexdigest()[:16]}"
+
+    def _to_torch(self, inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        args = []
+        for name in self.input_shapes:
+            tensor = torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32)).to(self.device)
+            args.append(tensor.to(self.dtype) if name in self.cast_inputs else tensor)
+        return args
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_inputs(inputs)
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32)) for name in self.input_shapes]
+        args = self._to_torch(inputs)
         with torch.inference_mode():
-            outputs = self.model(*args)
-        return {n: o.numpy() for n, o in zip(self.output_names, outputs)}
+            outputs = self._run(*args)
+        if len(outputs) != len(self.output_names):
+            raise BadInputError(self.source, f"the model returned {len(outputs)} outputs, expected {self.output_names}")
+        # .cpu() waits for the device, so a timed infer call covers the whole computation.
+        return {n: _to_numpy(o) for n, o in zip(self.output_names, outputs)}
 
     def describe(self) -> dict[str, Any]:
+        device = "CPU" if self.device.type == "cpu" else f"CUDA ({torch.cuda.get_device_name(self.device)})"
         return {
             "backend": self.name,
             "version": torch.__version__,
-            "device": "CPU",
+            "device": device,
             "threads": torch.get_num_threads(),
             "precision": self.precision,
+            "mode": self.mode + (" + CUDA graphs" if self.cuda_graphs else ""),
             "batch_size": self.batch_size,
             "model": self.source,
+            **({"package": str(self.package)} if self.package else {}),
         }
 
     def close(self) -> None:
         self.model = None
+        self._run = None
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        tensor = tensor.float()
+    return tensor.numpy()

@@ -36,6 +36,8 @@ class PureBenchResult:
     stats: LatencyStats | None
     error: str | None = None
     outputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    samples_ms: list[float] = field(default_factory=list)  # per-batch latencies, for distribution plots
+    overhead: dict[str, Any] | None = None  # our figure against the backend's own loop (see bench_pure)
 
     @property
     def ok(self) -> bool:
@@ -51,6 +53,8 @@ class PureBenchResult:
             "output_shapes": {k: list(v) for k, v in self.outputs.items()},
             "stats": None if self.stats is None else self.stats.to_dict(),
             "error": self.error,
+            "samples_ms": self.samples_ms,
+            "overhead": self.overhead,
         }
 
 
@@ -112,12 +116,18 @@ def bench_pure(
     max_seconds: float | None = None,
     inputs: dict[str, np.ndarray] | None = None,
     seed: int = 0,
+    native: bool = False,
 ) -> PureBenchResult:
     """Time ``backend.infer`` until both ``min_iters`` iterations and ``min_seconds`` have passed.
 
     ``max_seconds``, when given, stops the run early once ``min_iters`` is reached.
     At least one untimed warm-up call is always made: it is the one whose outputs are checked
     to have ``batch_size`` in dim 0. Latency samples are per batch, in seconds of wall time.
+
+    ``native``: where the backend has a ``native_call`` (its own run call, no deployzoo code around it),
+    blocks of our timed calls alternate with equally long tight loops of the native call, so both see the
+    same machine state; the result's ``overhead`` gives both throughputs and their ratio (ours / native).
+    The reported figures are ours, from our samples alone.
     """
     if min_iters < 1:
         raise ValueError(f"min_iters must be >= 1, got {min_iters}")
@@ -132,29 +142,68 @@ def bench_pure(
     _check_batch(backend, inputs, outputs)
     for _ in range(max(warmup, 1) - 1):
         backend.infer(inputs)
+    native_call = backend.native_call(inputs) if native else None
+    if native_call is not None:
+        native_call()  # its own warm-up
 
     samples: list[float] = []
+    native_seconds, native_calls = 0.0, 0
+    block = _block_length(backend, inputs) if native_call is not None else 1
     start = time.perf_counter()
+    rounds = 0
     while True:
-        t0 = time.perf_counter()
-        backend.infer(inputs)
-        t1 = time.perf_counter()
-        samples.append(t1 - t0)
+        # The order alternates too, so neither side always runs right after the other's caches and clocks.
+        if native_call is not None and rounds % 2:
+            native_seconds += _tight_loop(native_call, block)
+            native_calls += block
+        for _ in range(block):
+            t0 = time.perf_counter()
+            backend.infer(inputs)
+            samples.append(time.perf_counter() - t0)
+        if native_call is not None and not rounds % 2:
+            native_seconds += _tight_loop(native_call, block)
+            native_calls += block
+        rounds += 1
         if len(samples) < min_iters:
             continue
-        elapsed = t1 - start
-        if elapsed >= min_seconds or (max_seconds is not None and elapsed >= max_seconds):
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds * (2 if native_call is not None else 1) or (max_seconds is not None and elapsed >= max_seconds):
             break
 
+    stats = LatencyStats.from_samples(samples, backend.batch_size, BASIS)
+    overhead = None
+    if native_call is not None:
+        native_ips = backend.batch_size * native_calls / native_seconds
+        overhead = {"ours_images_per_s": stats.throughput, "native_images_per_s": native_ips,
+                    "ratio": stats.throughput / native_ips, "iterations": native_calls, "block": block,
+                    "method": f"alternating blocks of {block}: our timed infer calls, then a tight loop of "
+                              f"{backend.name}'s own run call on the same inputs"}
     return PureBenchResult(
         backend=backend.describe(),
         name=backend.name,
         precision=backend.precision,
         batch_size=backend.batch_size,
         input_shapes={k: tuple(v.shape) for k, v in inputs.items()},
-        stats=LatencyStats.from_samples(samples, backend.batch_size, BASIS),
+        stats=stats,
         outputs={k: tuple(np.shape(v)) for k, v in outputs.items()},
+        samples_ms=[1e3 * x for x in samples],
+        overhead=overhead,
     )
+
+
+def _tight_loop(call: Callable[[], Any], count: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(count):
+        call()
+    return time.perf_counter() - t0
+
+
+def _block_length(backend: Backend, inputs: dict[str, np.ndarray], block_seconds: float = 0.25) -> int:
+    """Calls per alternating block: about ``block_seconds`` of work (1 for slow models, at most 50)."""
+    t0 = time.perf_counter()
+    backend.infer(inputs)
+    one = time.perf_counter() - t0
+    return int(min(50, max(1, block_seconds // max(one, 1e-6))))
 
 
 def bench_sweep(

@@ -23,6 +23,7 @@ _VERSIONED = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "numpy": ("numpy",),
     "onnx": ("onnx",),
+    "openvino": ("openvino",),
 }
 
 
