@@ -59,8 +59,9 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
 
     def guard(precision: str):
         def engine(p: str):
+            device = "cpu" if backend in ONNX_BACKENDS else getattr(args, "device", "cpu")
             return open_engine(spec, backend, 1, onnx_path=onnx, work_dir=out, threads=args.threads, loaded=loaded,
-                               precision=p)
+                               precision=p, device=device)
 
         return run_guard(spec, engine, precision, data_root, out / "guard", num_images=args.guard_images,
                          tolerance=args.guard_tolerance)
@@ -150,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from deployzoo.registry import get_spec
 
     spec = get_spec(args.model)
-    out = Path(args.out or f"runs/eval-{spec.name}")
+    out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     if args.dumps:
         ids = spec.evaluation.open(args.data).ids
         infer = dump_infer(spec, args.dumps, ids)
@@ -218,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def make(batch: int):
         model = loaded.model if loaded is not None else None
         return make_backend(args.backend, spec, batch, onnx_path=onnx_files.get(batch), model=model, threads=args.threads,
-                            precision=precision, cache_dir=out / "engines")
+                            precision=precision, cache_dir=out / "engines", device=args.device)
 
     results = bench_sweep(make, args.batch, inputs_for=spec.make_example_inputs, warmup=args.warmup, min_iters=args.iters,
                           min_seconds=args.min_seconds, native=args.native)
@@ -257,7 +258,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from deployzoo.bench.report import write_json
 
     spec = get_spec(args.model)
-    out = Path(args.out or f"runs/compare-{spec.name}")
+    out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
     precision, _ = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=args.onnx, data=args.data)
@@ -331,7 +332,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             raise DeployzooError(f"unknown precision '{pr}'; available: {', '.join(PRECISIONS)}")
     settings = MatrixSettings(warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds,
                               threads=args.threads, overhead=args.overhead, guard_images=args.guard_images,
-                              guard_tolerance=args.guard_tolerance, data=args.data, checkpoint=args.checkpoint)
+                              guard_tolerance=args.guard_tolerance, data=args.data, checkpoint=args.checkpoint,
+                              device=args.device)
     matrix = Matrix(models, backends, precisions, args.batch, args.out, settings, resume=not args.fresh)
     cells = matrix.run()
     env = environment() | {"threads": args.threads or "backend default"}
@@ -422,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out")
     p.add_argument("--data", help="dataset for the accuracy guard (fp16, bf16, auto)")
+    p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--no-native", dest="native", action="store_false",
                    help="skip timing the backend's own run loop (ONNX Runtime, OpenVINO) for the overhead ratio")
     _add_precision_args(p)
@@ -468,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=3, help="at least this many timed iterations per cell")
     p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--overhead", action="store_true",
                    help="also time ONNX Runtime's / OpenVINO's own run loop in each cell and report the ratio")
     p.set_defaults(func=cmd_matrix)

@@ -48,6 +48,7 @@ class MatrixSettings:
     guard_tolerance: float = DEFAULT_TOLERANCE
     data: str | Path | None = None  # dataset for the guard; default: a synthetic one per dataset
     checkpoint: str | Path | None = None  # only with a single model
+    device: str = "cpu"  # the PyTorch backends' device ("cuda" on a GPU machine)
 
 
 def backend_missing(backend: str) -> str | None:
@@ -98,7 +99,8 @@ class Matrix:
             raise DeployzooError("--checkpoint belongs to one model: give exactly one model with it")
 
     def cell_path(self, model: str, backend: str, precision: str, batch: int) -> Path:
-        return self.out / "cells" / model / f"{backend}-{precision}-b{batch}.json"
+        device = "" if self.settings.device == "cpu" or backend in ONNX_BACKENDS else f"-{self.settings.device}"
+        return self.out / "cells" / model / f"{backend}{device}-{precision}-b{batch}.json"
 
     def run(self) -> list[dict[str, Any]]:
         cells = []
@@ -172,7 +174,8 @@ class Matrix:
         spec = state.spec
         try:
             engine = make_backend(backend, spec, batch, onnx_path=state.onnx, model=self._model(state, backend),
-                                  threads=self.settings.threads, precision=precision, cache_dir=self.out / "engines")
+                                  threads=self.settings.threads, precision=precision, cache_dir=self.out / "engines",
+                                  device=self._device(backend))
         except DeployzooError as exc:
             if backend == "pytorch-aoti" and "torch.export failed" in str(exc):
                 raise _CellEnd("export failed", str(exc)) from None
@@ -208,6 +211,9 @@ class Matrix:
                 state.export_error = _one_line(exc)
                 raise _CellEnd("export failed", state.export_error) from None
 
+    def _device(self, backend: str) -> str:
+        return "cpu" if backend in ONNX_BACKENDS else self.settings.device
+
     @staticmethod
     def _model(state: _ModelState, backend: str):
         return None if backend in ONNX_BACKENDS else state.loaded.model
@@ -224,7 +230,7 @@ class Matrix:
 
         def engine(p: str):
             return open_engine(spec, backend, 1, onnx_path=state.onnx, work_dir=self.out, threads=self.settings.threads,
-                               loaded=state.loaded, precision=p)
+                               loaded=state.loaded, precision=p, device=self._device(backend))
 
         try:
             results = {}
