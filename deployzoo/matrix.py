@@ -19,9 +19,10 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deployzoo.backends import ONNX_BACKENDS
 from deployzoo.bench.pure import bench_pure
@@ -29,7 +30,12 @@ from deployzoo.engine import LoadedModel, load_model, make_backend
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import artifact_name, export_model, open_engine
 from deployzoo.precision import supports
-from deployzoo.precision_guard import DEFAULT_IMAGES, DEFAULT_TOLERANCE, GuardResult, evaluate_sample
+from deployzoo.precision_guard import (
+    DEFAULT_IMAGES,
+    DEFAULT_TOLERANCE,
+    GuardResult,
+    evaluate_sample,
+)
 from deployzoo.registry import ModelSpec, get_spec
 
 STATUSES = ("ok", "accuracy failed", "export failed", "out of memory", "backend missing", "unsupported", "failed")

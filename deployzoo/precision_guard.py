@@ -6,9 +6,10 @@ most ``tolerance`` points below fp32's. ``auto`` precision keeps fp16 only where
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from deployzoo.pipeline import Engine, evaluate_dataset
 from deployzoo.precision import supports
