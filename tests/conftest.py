@@ -162,6 +162,22 @@ def fsaf_case() -> dict:
     return _case(FSAF)
 
 
+@pytest.fixture(scope="session")
+def fsaf_a_loaded():
+    """Algorithm A (the default FSAF) with stand-in weights of seed 2: with the fixture's (seed 0), A's 100
+    best detections on synthetic COCO images are all empty boxes at the left image edge (top = bottom = 0
+    after the head's ReLU; B drops them, A keeps them), which would make its comparisons nearly vacuous."""
+    from deployzoo.engine import load_model
+    from deployzoo.registry import get_spec
+
+    return load_model(get_spec(FSAF), seed=2)
+
+
+@pytest.fixture(scope="session")
+def fsaf_a_onnx(tmp_path_factory, fsaf_a_loaded) -> Path:
+    return _dynamic_export(tmp_path_factory, fsaf_a_loaded, "fsaf-dyn.onnx")
+
+
 PSPNET = "mmseg-pspnet-r50-d8-voc12aug"
 
 
@@ -193,3 +209,17 @@ def pspnet_onnx(tmp_path_factory, pspnet_loaded) -> Path:
 @pytest.fixture(scope="session")
 def pspnet_case() -> dict:
     return _case(PSPNET)
+
+
+@pytest.fixture(scope="session")
+def pspnet_labels_loaded(pspnet_checkpoint):
+    """The label-map contract (resizes and argmax inside the graph) with the fixture's weights."""
+    from deployzoo.engine import load_model
+    from deployzoo.registry import get_spec
+
+    return load_model(get_spec(PSPNET + "-labels"), pspnet_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def pspnet_labels_onnx(tmp_path_factory, pspnet_labels_loaded) -> Path:
+    return _dynamic_export(tmp_path_factory, pspnet_labels_loaded, "pspnet-labels-dyn.onnx")

@@ -57,11 +57,11 @@ def test_fixed_batch_file_refuses_another_batch(tmp_path, refinedet_spec, capsys
     code = main(["bench", str(path), "--batch", "1,2", "--iters", "2", "--warmup", "1", "--min-seconds", "0.01",
                  "--out", str(out)])
     assert code == 1
-    report = json.loads((out / "bench.json").read_text())
+    report = json.loads((out / "bench-onnxruntime-fp32.json").read_text())
     cells = {r["batch_size"]: r for r in report["results"]}
     assert "fixed to batch 2" in cells[1]["error"]
     assert cells[2]["error"] is None and cells[2]["stats"]["throughput"] > 0
-    assert (out / "bench.csv").read_text().count("\n") == 3
+    assert (out / "bench-onnxruntime-fp32.csv").read_text().count("\n") == 3
 
 
 def test_models_lists_the_zoo(capsys):

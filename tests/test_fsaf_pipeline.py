@@ -24,23 +24,16 @@ def synthetic_coco(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(fsaf_loaded):
+def loaded(fsaf_loaded, fsaf_a_loaded):
     """B with the fixture weights; A with stand-in weights of seed 2. With the fixture's (seed 0) A's 100
     best detections on these images are all empty boxes at the left image edge (top = bottom = 0 after
     the head's ReLU; B drops them, A keeps them), which COCO cannot score, so AP would be 0 for any engine."""
-    from deployzoo.engine import load_model
-    from deployzoo.registry import get_spec
-
-    return {"B": fsaf_loaded, "A": load_model(get_spec(ALGORITHMS["A"]), seed=2)}
+    return {"B": fsaf_loaded, "A": fsaf_a_loaded}
 
 
 @pytest.fixture(scope="module")
-def onnx_paths(loaded, fsaf_onnx, tmp_path_factory):
-    from deployzoo.pipeline import export_model
-
-    path = tmp_path_factory.mktemp("onnx") / "fsaf-dyn.onnx"
-    export_model(loaded["A"], path, dynamic_batch=True)
-    return {"B": fsaf_onnx, "A": path}
+def onnx_paths(fsaf_onnx, fsaf_a_onnx):
+    return {"B": fsaf_onnx, "A": fsaf_a_onnx}
 
 
 @pytest.mark.parametrize("algorithm", ["A", "B"])

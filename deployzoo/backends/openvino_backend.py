@@ -24,42 +24,41 @@ def _import_openvino():
     return openvino
 
 
-def apply_onnx_rules(model) -> dict[str, int]:
-    """Make ``model`` (as OpenVINO read it from our ONNX) break ties as ONNX and ONNX Runtime do.
+_STRICT_IOU = "/iou_threshold_strict"  # names the threshold constant that make_nms_strict put in
 
-    The exported graphs rely on two rules that OpenVINO's ONNX reader does not carry over, and both
-    matter with stand-in weights, which saturate scores into exact ties and clip boxes to image edges:
 
-    * TopK: equal values come lowest index first (ONNX TopK). The reader makes TopK-11 with
-      ``stable=False``, whose CPU kernel orders ties arbitrarily; ``stable=True`` keeps input order.
-    * NonMaxSuppression: a box is suppressed when its IoU is strictly greater than ``iou_threshold``
-      (ONNX's reference implementation, ONNX Runtime, mmcv, torchvision, our eager NMS). OpenVINO's
-      suppresses at IoU >= threshold, so two boxes of IoU exactly 0.5 (e.g. one the left half of the
-      other) lose one box. IoU is compared in float32, where ``>= nextafter(t)`` is ``> t``.
+def make_nms_strict(model) -> int:
+    """Give every NonMaxSuppression of ``model`` (as OpenVINO read it from ONNX) ONNX's IoU rule; returns
+    how many it changed.
 
-    Returns how many nodes each rule changed: {"TopK": n, "NonMaxSuppression": m}.
+    ONNX NonMaxSuppression suppresses a box whose IoU with a kept one is strictly greater than
+    ``iou_threshold`` (ONNX's reference implementation, ONNX Runtime; mmcv, torchvision and our eager NMS
+    alike). OpenVINO's suppresses at IoU >= threshold, so of two boxes with IoU exactly 0.5 (one the left
+    half of the other, common with boxes clipped to an image edge) it loses one. OpenVINO compares IoU in
+    float32, where ``>= nextafter(t)`` is ``> t``: the threshold constant is raised by one float32 step.
+
+    (TopK needs nothing here: the exported graphs never let a TopK order equal values, see ops/topk.py.
+    OpenVINO's reader makes TopK with ``stable=False``, and ``stable=True`` would cost seconds per image.)
     """
     try:
         from openvino import op as ov_op
-    except ImportError:  # OpenVINO < 2025
+    except ImportError:  # older releases keep it under openvino.runtime
         from openvino.runtime import op as ov_op
-    changed = {"TopK": 0, "NonMaxSuppression": 0}
+    changed = 0
     for node in model.get_ordered_ops():
-        kind = node.get_type_name()
-        if kind == "TopK":
-            attributes = node.get_attributes()
-            if attributes.get("sort") == "value" and attributes.get("stable") is False:
-                node.set_attribute("stable", True)
-                changed[kind] += 1
-        elif kind == "NonMaxSuppression" and node.get_input_size() > 3:
-            threshold = node.input_value(3).get_node()
-            if threshold.get_type_name() != "Constant":
-                raise DeployzooError(f"OpenVINO: NonMaxSuppression '{node.get_friendly_name()}' has a computed "
-                                     "iou_threshold; only constant thresholds can be given ONNX's strict rule")
-            value = np.asarray(threshold.get_data(), dtype=np.float32)
-            strict = ov_op.Constant(np.array(np.nextafter(value, np.float32(np.inf)), dtype=np.float32))
-            node.input(3).replace_source_output(strict.output(0))
-            changed[kind] += 1
+        if node.get_type_name() != "NonMaxSuppression" or node.get_input_size() < 4:
+            continue
+        threshold = node.input_value(3).get_node()
+        if threshold.get_friendly_name().endswith(_STRICT_IOU):
+            continue  # already made strict (an IR saved after this ran): raising it again would be wrong
+        if threshold.get_type_name() != "Constant":
+            raise DeployzooError(f"OpenVINO: NonMaxSuppression '{node.get_friendly_name()}' has a computed "
+                                 "iou_threshold; only a constant one can be given ONNX's strict rule")
+        value = np.asarray(threshold.get_data(), dtype=np.float32)
+        strict = ov_op.Constant(np.array(np.nextafter(value, np.float32(np.inf)), dtype=np.float32))
+        strict.set_friendly_name(node.get_friendly_name() + _STRICT_IOU)
+        node.input(3).replace_source_output(strict.output(0))
+        changed += 1
     return changed
 
 
@@ -94,7 +93,7 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(self._cached_ir(ov, core, model_path, ir_cache) if ir_cache else model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own text
             raise BadInputError(model_path, f"OpenVINO cannot read it: {exc}") from exc
-        apply_onnx_rules(model)
+        make_nms_strict(model)
         self.batch_size = batch_size
         for port in model.inputs:
             shape = port.get_partial_shape()

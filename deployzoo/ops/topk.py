@@ -14,16 +14,38 @@ def clamped_k(x: torch.Tensor, k: int, dim: int = -1):
 
 
 def topk_clamped(x: torch.Tensor, k: int, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The min(k, length) largest values along ``dim``, sorted descending, with their indices.
+    """The min(k, length) largest values of each row of ``x`` [B, N] (``dim`` 1 or -1), sorted descending,
+    with their indices [B, K] int64.
 
     Equal values come lowest index first, as ONNX TopK specifies: stand-in weights saturate sigmoids
     into exact ties, and a tie at the cut must pick the same element in eager mode and in every engine.
+    Engines do not all keep that rule (OpenVINO's CPU TopK orders ties arbitrarily unless asked for a
+    stable sort, which costs it seconds on a million scores; TensorRT leaves it unspecified), so the
+    graph never lets a TopK decide between equal values:
+
+    1. a plain TopK gives the values, which are the same whatever order ties take; its k-th value is the cut;
+    2. every element above the cut is chosen, and of those equal to it the first (in index order) that fit;
+    3. the chosen, exactly K a row, are put in order by their rank among each other (values descending,
+       then index), counted by comparing every pair: K x K, cheap for the K <= 1000 used here.
+
+    One code path in eager mode and in export: the same result as a stable descending sort.
     """
-    if torch.onnx.is_in_onnx_export():
-        return torch.topk(x, clamped_k(x, k, dim), dim=dim, largest=True, sorted=True)
-    values, index = torch.sort(x, dim=dim, descending=True, stable=True)
-    k = clamped_k(x, k, dim)
-    return values.narrow(dim, 0, k), index.narrow(dim, 0, k)
+    if dim not in (1, -1) or x.dim() != 2:
+        raise ValueError(f"topk_clamped takes rows [B, N] along dim 1, got shape {tuple(x.shape)} and dim {dim}")
+    batch = x.shape[0]
+    k = clamped_k(x, k, 1)
+    cut = torch.topk(x, k, dim=1, largest=True, sorted=True).values[:, -1:]  # [B, 1]
+    above = x > cut
+    at_cut = x == cut
+    room = k - above.sum(dim=1, keepdim=True)  # how many of the values equal to the cut are among the best k
+    chosen = above | (at_cut & (torch.cumsum(at_cut.to(torch.int64), dim=1) <= room))
+    index = chosen.nonzero()[:, 1].reshape(batch, -1)  # [B, K], ascending: nonzero lists row-major
+    values = torch.gather(x, 1, index)
+    position = torch.arange(values.shape[1], device=x.device)
+    earlier = position[None, :] < position[:, None]  # [K, K]: j (column) has a lower index than i (row)
+    a, b = values[:, :, None], values[:, None, :]
+    rank = ((b > a) | ((b == a) & earlier)).sum(dim=2)  # [B, K]: the chosen that come before each; a permutation
+    return torch.zeros_like(values).scatter(1, rank, values), torch.zeros_like(index).scatter(1, rank, index)
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
