@@ -34,7 +34,7 @@ from deployzoo.precision_guard import (
     DEFAULT_IMAGES,
     DEFAULT_TOLERANCE,
     GuardResult,
-    evaluate_sample,
+    run_guard,
 )
 from deployzoo.registry import ModelSpec, get_spec
 
@@ -239,16 +239,8 @@ class Matrix:
                                loaded=state.loaded, precision=p, device=self._device(backend))
 
         try:
-            results = {}
-            for p in ("fp32", precision):
-                e = engine(p)
-                try:
-                    results[p] = evaluate_sample(spec, e, state.guard_data, work, self.settings.guard_images)
-                finally:
-                    e.backend.close()
-            state.guards[key] = GuardResult(backend, precision, spec.evaluation.metric_name, results["fp32"][0],
-                                            results[precision][0], self.settings.guard_tolerance,
-                                            results[precision][1], str(state.guard_data))
+            state.guards[key] = run_guard(spec, engine, precision, state.guard_data, work, self.settings.guard_images,
+                                          self.settings.guard_tolerance)
             self.say(state.guards[key].describe())
         except Exception as exc:
             state.guards[key] = _one_line(exc)

@@ -3,6 +3,10 @@
 Both engines (the same backend, fp32 and the candidate precision) are evaluated on the same first N images
 of the dataset, through the same pre- and post-processing; the guard holds when the candidate's metric is at
 most ``tolerance`` points below fp32's. ``auto`` precision keeps fp16 only where the guard holds.
+
+The guard also reports the candidate's agreement with fp32: the same metric with fp32's own predictions as
+the ground truth (100 = identical). It does not need labels, so it still says something where the labelled
+metric cannot (stand-in weights score near 0 on any labels); the verdict stays with the labelled metric.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployzoo.pipeline import Engine, evaluate_dataset
+from deployzoo.pipeline import Engine, EvalOutcome, evaluate_dataset
 from deployzoo.precision import supports
 from deployzoo.registry import ModelSpec
 
@@ -29,6 +33,7 @@ class GuardResult:
     tolerance: float  # allowed drop, in points
     images: int
     data: str
+    agreement: float | None = None  # candidate scored against fp32's predictions, percent; None: nothing to score
 
     @property
     def delta(self) -> float:
@@ -42,17 +47,22 @@ class GuardResult:
         verdict = "holds" if self.holds else "FAILS"
         return (f"accuracy guard {verdict}: {self.backend} {self.precision} {self.metric} {self.candidate:.2f} vs fp32 "
                 f"{self.fp32:.2f} (delta {self.delta:+.2f}, allowed drop {self.tolerance:g}) on {self.images} images "
-                f"of {self.data}")
+                f"of {self.data}; {self.describe_agreement()}")
+
+    def describe_agreement(self) -> str:
+        if self.agreement is None:
+            return "agreement with fp32: none to score (fp32 predicts nothing there)"
+        return f"agreement with fp32 (its predictions as ground truth): {self.agreement:.2f} (100 = identical)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "metric": self.metric, "fp32": self.fp32,
                 "candidate": self.candidate, "delta": self.delta, "tolerance": self.tolerance, "holds": self.holds,
-                "images": self.images, "data": self.data}
+                "images": self.images, "data": self.data, "agreement": self.agreement}
 
 
 def evaluate_sample(spec: ModelSpec, engine: Engine, data_root: str | Path, work_dir: str | Path,
-                    num_images: int) -> tuple[float, int]:
-    """(headline metric in percent, images evaluated) of ``engine`` on the first ``num_images`` of the split.
+                    num_images: int) -> EvalOutcome:
+    """``engine`` evaluated on the first ``num_images`` of the split (headline in percent).
 
     Results are kept in ``work_dir`` under the engine's backend and precision, so a rerun resumes.
     """
@@ -60,33 +70,29 @@ def evaluate_sample(spec: ModelSpec, engine: Engine, data_root: str | Path, work
     fingerprint = {"model": spec.name, "backend": backend.name, "precision": backend.precision,
                    "weights": engine.weights, "purpose": "accuracy guard"}
     out = Path(work_dir) / f"{backend.name}-{backend.precision}"
-    outcome = evaluate_dataset(spec, data_root, engine.infer, backend.batch_size, out, fingerprint, resume=True,
-                               workers=0, limit=num_images, progress=False)
-    return outcome.headline, outcome.summary["images_evaluated"]
+    return evaluate_dataset(spec, data_root, engine.infer, backend.batch_size, out, fingerprint, resume=True,
+                            workers=0, limit=num_images, progress=False)
 
 
 def run_guard(spec: ModelSpec, open_engine: Callable[[str], Engine], precision: str, data_root: str | Path,
-              work_dir: str | Path, num_images: int = DEFAULT_IMAGES, tolerance: float = DEFAULT_TOLERANCE,
-              fp32_metric: float | None = None) -> GuardResult:
-    """Evaluate ``open_engine("fp32")`` and ``open_engine(precision)`` on the same images and compare.
-
-    ``fp32_metric``: the fp32 figure when already known (a matrix evaluates fp32 once per backend).
-    """
-    images = num_images
-    if fp32_metric is None:
-        engine = open_engine("fp32")
+              work_dir: str | Path, num_images: int = DEFAULT_IMAGES,
+              tolerance: float = DEFAULT_TOLERANCE) -> GuardResult:
+    """Evaluate ``open_engine("fp32")`` and ``open_engine(precision)`` on the same images and compare."""
+    outcomes = {}
+    for p in ("fp32", precision):
+        engine = open_engine(p)
         try:
-            fp32_metric, images = evaluate_sample(spec, engine, data_root, work_dir, num_images)
+            name = engine.backend.name
+            outcomes[p] = evaluate_sample(spec, engine, data_root, work_dir, num_images)
         finally:
             engine.backend.close()
-    engine = open_engine(precision)
-    try:
-        name = engine.backend.name
-        candidate, images = evaluate_sample(spec, engine, data_root, work_dir, num_images)
-    finally:
-        engine.backend.close()
-    return GuardResult(name, precision, spec.evaluation.metric_name, fp32_metric, candidate, tolerance, images,
-                       str(data_root))
+    reference, candidate = outcomes["fp32"], outcomes[precision]
+    task = spec.evaluation
+    annotations, _ = task.load_ground_truth(task.open(data_root), skip_bad=True)
+    scored = {k: a for k, a in annotations.items() if k in reference.run.results and k in candidate.run.results}
+    agreement = task.agreement(candidate.run.results, reference.run.results, scored) if scored else None
+    return GuardResult(name, precision, task.metric_name, reference.headline, candidate.headline, tolerance,
+                       candidate.summary["images_evaluated"], str(data_root), agreement)
 
 
 def resolve_precision(requested: str, backend: str, guard: Callable[[str], GuardResult],

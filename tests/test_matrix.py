@@ -107,6 +107,7 @@ def test_guard_runs_for_real_in_the_matrix(tmp_path):
     (cell,) = m.run()
     guard = cell["guard"]
     assert guard["images"] == 2 and guard["metric"].startswith("VOC07")
+    assert guard["agreement"] is not None  # fp16 scored against fp32's own predictions
     assert cell["status"] == ("ok" if guard["holds"] else "accuracy failed")
     assert (tmp_path / "guard" / MODEL / "pytorch-fp32" / "metrics.json").is_file()
 

@@ -55,8 +55,8 @@ def _cell(model: str, backend: str, precision: str, batch: int, status: str = "o
 
 def _cells() -> list[dict[str, Any]]:
     guard_ok = {"metric": "mAP", "fp32": 41.2, "candidate": 40.9, "delta": -0.3, "tolerance": 0.5,
-                "holds": True, "images": 8}
-    guard_bad = {**guard_ok, "candidate": 39.0, "delta": -2.2, "holds": False}
+                "holds": True, "images": 8, "agreement": 97.25}
+    guard_bad = {**guard_ok, "candidate": 39.0, "delta": -2.2, "holds": False, "agreement": None}
     # Deliberately out of order: the reports sort by model, backend, precision, batch.
     return [
         _cell("ssd", "openvino", "fp32", 4, p50=30.0, samples=False),
@@ -101,7 +101,7 @@ def test_matrix_table_rows_and_order():
     by_key = {tuple(r[:4]): r for r in rows}
     ort4 = by_key[("ssd", "onnxruntime", "fp32", "4")]
     assert ort4[4:11] == ["ok", "200.0", "20.0", "24.0", "30.0", "-", "1.002"]
-    assert by_key[("refinedet", "pytorch", "bf16", "1")][9] == "mAP -0.30 (tol 0.5)"
+    assert by_key[("refinedet", "pytorch", "bf16", "1")][9] == "mAP -0.30 (tol 0.5), agreement 97.2"
     failed = by_key[("ssd", "onnxruntime", "fp16", "1")]
     assert failed[4] == "accuracy failed" and failed[5] == "200.0" and failed[9] == "mAP -2.20 (tol 0.5)"
     missing = by_key[("refinedet", "tensorrt", "fp16", "1")]
@@ -136,12 +136,13 @@ def test_matrix_rows_columns_and_values():
     assert list(rows[0]) == [
         "model", "backend", "precision", "batch_size", "status", "error", "throughput", "min_ms", "mean_ms",
         "p50_ms", "p90_ms", "p99_ms", "max_ms", "cv", "guard_metric", "guard_fp32", "guard_candidate",
-        "guard_delta", "guard_tolerance", "guard_holds", "overhead_ratio", "seconds",
+        "guard_delta", "guard_tolerance", "guard_holds", "guard_agreement", "overhead_ratio", "seconds",
     ]
     by_key = {(r["model"], r["backend"], r["precision"], r["batch_size"]): r for r in rows}
     fp16 = by_key[("ssd", "onnxruntime", "fp16", 4)]
     assert fp16["throughput"] == pytest.approx(4000 / 12) and fp16["p50_ms"] == 12.0
     assert (fp16["guard_metric"], fp16["guard_delta"], fp16["guard_holds"]) == ("mAP", -2.2, False)
+    assert fp16["guard_agreement"] is None and by_key[("refinedet", "pytorch", "bf16", 1)]["guard_agreement"] == 97.25
     assert by_key[("ssd", "onnxruntime", "fp32", 4)]["overhead_ratio"] == 1.002
     missing = by_key[("refinedet", "tensorrt", "fp16", 1)]
     assert missing["throughput"] is None and missing["guard_metric"] is None and missing["seconds"] == 1.5

@@ -82,6 +82,11 @@ def test_guard_evaluates_both_precisions_on_the_same_images(tmp_path, refinedet_
     assert (tmp_path / "pytorch-fp32" / "metrics.json").is_file()
     assert (tmp_path / "pytorch-fp16" / "metrics.json").is_file()
     assert result.holds == (result.delta >= -0.5)
+    # fp16 scored against fp32's own predictions: a real figure (the stand-in weights' detections are not
+    # all below the 0.05 threshold), and fp32 against itself agrees fully.
+    assert result.agreement is not None and 0.0 < result.agreement <= 100.0 + 1e-9
+    assert "agreement with fp32" in result.describe() and result.to_dict()["agreement"] == result.agreement
+    assert run_guard(refinedet_spec, engine, "fp32", synthetic_voc, tmp_path, num_images=2).agreement == pytest.approx(100.0)
 
 
 def test_cli_unsupported_precision_is_a_clear_error(tmp_path, capsys):

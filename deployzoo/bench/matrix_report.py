@@ -17,7 +17,7 @@ from deployzoo.bench.report import write_csv, write_json
 NOTE_CHARS = 120
 _PERCENTILES = ("p50_ms", "p90_ms", "p99_ms")
 _VALUE_KEYS = ("throughput", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cv")
-_GUARD_KEYS = ("metric", "fp32", "candidate", "delta", "tolerance", "holds")
+_GUARD_KEYS = ("metric", "fp32", "candidate", "delta", "tolerance", "holds", "agreement")
 _BASIS_NOTE = (
     "Pure inference on inputs already in host memory (host latency basis): latencies are ms per batch, "
     "images/s = batch size / latency."
@@ -67,12 +67,14 @@ def _has_stats(cell: dict[str, Any]) -> bool:
 
 
 def _guard_text(guard: dict[str, Any] | None) -> str:
-    """E.g. "mAP -0.30 (tol 0.5)"; "-" without a guard or a delta."""
+    """E.g. "mAP -0.30 (tol 0.5), agreement 98.7"; "-" without a guard or a delta."""
     if not guard or guard.get("delta") is None:
         return "-"
     tol = guard.get("tolerance")
     tol_text = "" if tol is None else f" (tol {tol:g})"
-    return f"{guard.get('metric', '?')} {guard['delta']:+.2f}{tol_text}"
+    agreement = guard.get("agreement")
+    agreement_text = "" if agreement is None else f", agreement {agreement:.1f}"
+    return f"{guard.get('metric', '?')} {guard['delta']:+.2f}{tol_text}{agreement_text}"
 
 
 def _ratio_text(overhead: dict[str, Any] | None) -> str:

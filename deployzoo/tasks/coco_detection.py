@@ -5,11 +5,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES, COCODetection
+from deployzoo.data.coco import (
+    COCO_CATEGORY_IDS,
+    COCO_CLASSES,
+    COCODetection,
+    quiet_coco,
+)
 from deployzoo.data.synthetic_coco import make_synthetic_coco
 from deployzoo.errors import BadInputError
 from deployzoo.eval.coco_eval import IOU_TYPES, COCOEvalResult, evaluate_coco
 from deployzoo.structures import Detections
+from deployzoo.tasks import reference_truth
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,35 @@ class COCODetectionTask:
         dets = {int(k): d for k, d in results.items() if k in annotations}
         image_ids = [a.image_id for a in annotations.values()]
         return evaluate_coco(coco, dets, self.category_ids, self.class_names, self.iou_types, image_ids)
+
+    def agreement(
+        self,
+        candidate: Mapping[str, Detections],
+        reference: Mapping[str, Detections],
+        annotations: Mapping[str, COCOImageGT],
+    ) -> float | None:
+        """Box AP (percent) of ``candidate`` scored against ``reference``'s confident detections as ground
+        truth, on the images of ``annotations``: 100 when they agree. None when the reference detects nothing
+        (empty boxes have no area to match and are left out)."""
+        confident = reference_truth(reference, annotations)
+        images, truth = [], []
+        for key, handle in annotations.items():
+            images.append({"id": handle.image_id, "height": handle.height, "width": handle.width})
+            ref = confident[key]
+            for (x1, y1, x2, y2), label in zip(ref.boxes.tolist(), ref.labels.tolist()):
+                if x2 > x1 and y2 > y1:
+                    truth.append({"id": len(truth) + 1, "image_id": handle.image_id, "iscrowd": 0,
+                                  "category_id": self.category_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                  "area": (x2 - x1) * (y2 - y1)})
+        if not truth:
+            return None
+        categories = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names)]
+        coco = quiet_coco({"images": images, "annotations": truth, "categories": categories})
+        boxes_only = {h.image_id: Detections(candidate[k].boxes, candidate[k].scores, candidate[k].labels)
+                      for k, h in annotations.items()}
+        result = evaluate_coco(coco, boxes_only, self.category_ids, self.class_names, ("bbox",),
+                               [h.image_id for h in annotations.values()])
+        return self.headline(result)
 
     @staticmethod
     def headline(result: COCOEvalResult) -> float:

@@ -1,14 +1,17 @@
 """VOC detection (VOC2007 test by default): dataset, synthetic stand-in, VOC07 mAP."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+
+import numpy as np
 
 from deployzoo.data.synthetic_voc import make_synthetic_voc
 from deployzoo.data.voc import VOC_CLASSES, VOCAnnotation, VOCDetection
 from deployzoo.errors import BadInputError
 from deployzoo.eval.voc07 import PROTOCOLS, ImageDetections, VOCEvalResult, evaluate_voc
 from deployzoo.structures import Detections
+from deployzoo.tasks import reference_truth
 
 
 class VOCDetectionTask:
@@ -63,3 +66,22 @@ class VOCDetectionTask:
     def headline(result: VOCEvalResult) -> float:
         """The figure compared with the published one, in percent."""
         return 100.0 * result.map
+
+    def agreement(
+        self,
+        candidate: Mapping[str, Detections],
+        reference: Mapping[str, Detections],
+        annotations: Mapping[str, VOCAnnotation],
+    ) -> float | None:
+        """mAP (percent) of ``candidate`` scored against ``reference``'s confident detections as ground
+        truth, on the images of ``annotations``: 100 when they agree. None when the reference detects nothing."""
+        confident = reference_truth(reference, annotations)
+        truth = {}
+        for image_id, ann in annotations.items():
+            ref = confident[image_id]
+            # Ground truth boxes are 1-based (as in the XML); detections 0-based.
+            truth[image_id] = VOCAnnotation(image_id, ann.width, ann.height, ref.boxes.astype(np.float64) + 1.0,
+                                            ref.labels.astype(np.int64), np.zeros(len(ref), dtype=bool))
+        if not any(len(t.labels) for t in truth.values()):
+            return None
+        return self.headline(self.evaluate({k: candidate[k] for k in truth}, truth))

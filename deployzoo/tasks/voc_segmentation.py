@@ -126,6 +126,21 @@ class VOCSegmentationTask:
                 raise ValueError(f"prediction for image {image_id!r}: {exc}") from None
         return acc.result(self.class_names)
 
+    def agreement(
+        self,
+        candidate: Mapping[str, LabelMap],
+        reference: Mapping[str, LabelMap],
+        annotations: Mapping[str, VOCSegGT],
+    ) -> float | None:
+        """mIoU (percent) of ``candidate``'s label maps scored against ``reference``'s as ground truth, on the
+        images of ``annotations``: 100 when every pixel agrees."""
+        acc = SegmentationAccumulator(len(self.class_names), self.ignore_index)
+        for image_id in annotations:
+            acc.add(np.asarray(candidate[image_id].labels), np.asarray(reference[image_id].labels))
+        if acc.num_images == 0:
+            return None
+        return self.headline(acc.result(self.class_names))
+
     @staticmethod
     def headline(result: MIoUResult) -> float:
         """mIoU in percent (NaN when undefined: nothing evaluated)."""
