@@ -163,7 +163,8 @@ def torchvision_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: t
     lowest = float(torch.finfo(torch.float32).min)  # below every real score; -inf marks non-candidates
     masked = torch.where(candidate, scores, float("-inf"))
     trick = nms_keep_mask(offset_by_group(boxes, groups.to(boxes.dtype), candidate), masked, iou_threshold, lowest)
-    member = groups.to(torch.int64)[:, None, :] == torch.arange(num_groups, dtype=torch.int64)[None, :, None]
+    member = groups.to(torch.int64)[:, None, :] == torch.arange(num_groups, dtype=torch.int64,
+                                                               device=groups.device)[None, :, None]
     per_group = torch.where(member, masked[:, None, :], float("-inf"))  # [B, G, N]
     loop = nms_keep_mask_per_class(boxes, per_group, iou_threshold, lowest).any(dim=1)
     use_loop = (candidate.sum(dim=1) > TORCHVISION_LOOP_ABOVE)[:, None]

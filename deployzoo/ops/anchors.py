@@ -26,8 +26,8 @@ def base_anchors(stride: int, scales: Sequence[float], ratios: Sequence[float], 
 def grid_anchors(base: torch.Tensor, feature: torch.Tensor, stride: int) -> torch.Tensor:
     """[H*W*A, 4] anchors for a feature map [B, C, H, W]: locations row-major, anchors innermost."""
     height, width = feature.shape[-2], feature.shape[-1]
-    shift_x = torch.arange(width, dtype=torch.float32) * stride
-    shift_y = torch.arange(height, dtype=torch.float32) * stride
+    shift_x = torch.arange(width, dtype=torch.float32, device=feature.device) * stride
+    shift_y = torch.arange(height, dtype=torch.float32, device=feature.device) * stride
     xx = shift_x[None, :].expand(shift_y.shape[0], shift_x.shape[0]).reshape(-1)
     yy = shift_y[:, None].expand(shift_y.shape[0], shift_x.shape[0]).reshape(-1)
     shifts = torch.stack([xx, yy, xx, yy], dim=-1)

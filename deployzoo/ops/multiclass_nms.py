@@ -39,7 +39,7 @@ def multiclass_nms(
     """
     batch, rois, classes = scores.shape
     boxes = boxes.expand(batch, rois, classes, 4).reshape(batch, -1, 4)
-    labels = _class_labels(batch, rois, classes)
+    labels = _class_labels(batch, rois, classes, scores.device)
     flat_scores = scores.reshape(batch, -1)
     candidate = (flat_scores > score_threshold) & valid[:, :, None].expand(batch, rois, classes).reshape(batch, -1)
     return labelled_nms(boxes, flat_scores, labels, candidate, iou_threshold, max_dets)
@@ -64,7 +64,7 @@ def multiclass_nms_shared_boxes(
     candidate = (scores > score_threshold) & valid[:, :, None]
     keep = nms_keep_mask_per_class(boxes, torch.where(candidate, scores, -1.0).transpose(1, 2), iou_threshold, -0.5)
     flat_boxes = boxes[:, :, None, :].expand(batch, rois, classes, 4).reshape(batch, -1, 4)
-    return _best(flat_boxes, scores.reshape(batch, -1), _class_labels(batch, rois, classes),
+    return _best(flat_boxes, scores.reshape(batch, -1), _class_labels(batch, rois, classes, scores.device),
                  keep.transpose(1, 2).reshape(batch, -1), max_dets)
 
 
@@ -89,9 +89,9 @@ def labelled_nms(
     return _best(boxes, scores, labels, keep, max_dets)
 
 
-def _class_labels(batch: int, rois: int, classes: int) -> torch.Tensor:
+def _class_labels(batch: int, rois: int, classes: int, device: torch.device) -> torch.Tensor:
     """[B, R * C] class index of each flattened (RoI, class) pair, RoI-major."""
-    return torch.arange(classes, dtype=torch.int64).repeat(rois)[None, :].expand(batch, rois * classes)
+    return torch.arange(classes, dtype=torch.int64, device=device).repeat(rois)[None, :].expand(batch, rois * classes)
 
 
 def _best(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, max_dets: int) -> Selected:

@@ -78,5 +78,5 @@ class MultiLevelRoIAlign(nn.Module):
 def flatten_rois(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image RoIs [B, R, 4] -> (boxes [B*R, 4], batch index [B*R]), the layout RoIAlign takes."""
     batch, rois = boxes.shape[:2]
-    batch_index = torch.arange(batch, dtype=torch.int64)[:, None].expand(batch, rois).reshape(-1)
+    batch_index = torch.arange(batch, dtype=torch.int64, device=boxes.device)[:, None].expand(batch, rois).reshape(-1)
     return boxes.reshape(-1, 4), batch_index
