@@ -46,7 +46,7 @@ class GuardResult:
     def describe(self) -> str:
         verdict = "holds" if self.holds else "FAILS"
         return (f"accuracy guard {verdict}: {self.backend} {self.precision} {self.metric} {self.candidate:.2f} vs fp32 "
-                f"{self.fp32:.2f} (delta {self.delta:+.2f}, allowed drop {self.tolerance:g}) on {self.images} images "
+                f"{self.fp32:.2f} (delta {round(self.delta, 2) + 0.0:+.2f}, allowed drop {self.tolerance:g}) on {self.images} images "
                 f"of {self.data}; {self.describe_agreement()}")
 
     def describe_agreement(self) -> str:

@@ -58,6 +58,7 @@ def test_guard_verdict_is_a_drop_within_tolerance():
     assert not _guard(40.0, 39.4).holds
     assert _guard(40.0, 39.4).delta == pytest.approx(-0.6)
     assert "FAILS" in _guard(40.0, 39.4).describe() and "delta -0.60" in _guard(40.0, 39.4).describe()
+    assert "delta +0.00" in _guard(40.0, 39.999).describe()  # no "-0.00" for a drop that rounds away
 
 
 def test_auto_keeps_fp16_only_where_the_guard_holds():

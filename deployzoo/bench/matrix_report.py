@@ -74,7 +74,7 @@ def _guard_text(guard: dict[str, Any] | None) -> str:
     tol_text = "" if tol is None else f" (tol {tol:g})"
     agreement = guard.get("agreement")
     agreement_text = "" if agreement is None else f", agreement {agreement:.1f}"
-    return f"{guard.get('metric', '?')} {guard['delta']:+.2f}{tol_text}{agreement_text}"
+    return f"{guard.get('metric', '?')} {round(guard['delta'], 2) + 0.0:+.2f}{tol_text}{agreement_text}"
 
 
 def _ratio_text(overhead: dict[str, Any] | None) -> str:
