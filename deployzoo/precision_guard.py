@@ -51,7 +51,8 @@ class GuardResult:
 
     def describe_agreement(self) -> str:
         if self.agreement is None:
-            return "agreement with fp32: none to score (fp32 predicts nothing there)"
+            return ("agreement with fp32: nothing to score (no fp32 prediction on these images can serve as "
+                    "ground truth: none scores >= 0.05 with a non-empty box)")
         return f"agreement with fp32 (its predictions as ground truth): {self.agreement:.2f} (100 = identical)"
 
     def to_dict(self) -> dict[str, Any]:
