@@ -333,7 +333,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     settings = MatrixSettings(warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds,
                               threads=args.threads, overhead=args.overhead, guard_images=args.guard_images,
                               guard_tolerance=args.guard_tolerance, data=args.data, checkpoint=args.checkpoint,
-                              device=args.device)
+                              device=args.device, cell_timeout=args.cell_timeout)
+    if args.cell_timeout is not None and args.cell_timeout <= 0:
+        raise DeployzooError(f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout:g}")
     matrix = Matrix(models, backends, precisions, args.batch, args.out, settings, resume=not args.fresh)
     cells = matrix.run()
     env = environment() | {"threads": args.threads or "backend default"}
@@ -474,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--overhead", action="store_true",
                    help="also time ONNX Runtime's / OpenVINO's own run loop in each cell and report the ratio")
+    p.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                   help="run each cell in a process of its own and kill it past this many seconds (status "
+                        "'timed out'; the matrix goes on); default: no limit, cells run in this process")
     p.set_defaults(func=cmd_matrix)
 
     p = command(sub, "run", help="the main job: export, compare, evaluate, benchmark, report")

@@ -7,6 +7,7 @@ Every cell ends with a status and the run goes on:
   out of memory    the engine or a batch did not fit;
   backend missing  the backend is not installed here (or needs a C++ compiler that is not there);
   unsupported      the backend does not offer this precision here;
+  timed out        the cell ran past ``cell_timeout`` (a compilation that never ends, say) and was killed;
   failed           anything else, with the error.
 Each finished cell is written to ``<out>/cells/`` at once, so an interrupted matrix resumes where it stopped;
 guard evaluations are kept under ``<out>/guard/`` the same way.
@@ -38,7 +39,8 @@ from deployzoo.precision_guard import (
 )
 from deployzoo.registry import ModelSpec, get_spec
 
-STATUSES = ("ok", "accuracy failed", "export failed", "out of memory", "backend missing", "unsupported", "failed")
+STATUSES = ("ok", "accuracy failed", "export failed", "out of memory", "backend missing", "unsupported", "timed out",
+            "failed")
 
 
 @dataclass
@@ -55,6 +57,9 @@ class MatrixSettings:
     data: str | Path | None = None  # dataset for the guard; default: a synthetic one per dataset
     checkpoint: str | Path | None = None  # only with a single model
     device: str = "cpu"  # the PyTorch backends' device ("cuda" on a GPU machine)
+    # Seconds a cell may take; each cell then runs in a process of its own, killed past it (status "timed out").
+    # None: cells run in this process, without a limit.
+    cell_timeout: float | None = None
 
 
 def backend_missing(backend: str) -> str | None:
@@ -88,6 +93,7 @@ class _ModelState:
     export_error: str | None = None
     guard_data: Path | None = None
     guards: dict[tuple[str, str], GuardResult | str] = field(default_factory=dict)
+    guard_timeouts: set[tuple[str, str]] = field(default_factory=set)  # (backend, precision) whose guard timed out
 
 
 class Matrix:
@@ -101,6 +107,7 @@ class Matrix:
         self.out = Path(out_dir)
         self.settings = settings or MatrixSettings()
         self.resume, self.say = resume, say
+        self.on_guard: Callable[[tuple[str, str], GuardResult | str], None] | None = None  # told of each guard run
         if self.settings.checkpoint is not None and len(self.models) != 1:
             raise DeployzooError("--checkpoint belongs to one model: give exactly one model with it")
 
@@ -118,7 +125,12 @@ class Matrix:
                     for batch in self.batch_sizes:
                         cell = self._cached(model, backend, precision, batch)
                         if cell is None:
-                            cell = self._run_cell(state, backend, precision, batch)
+                            if self.settings.cell_timeout:
+                                from deployzoo.cell_process import run_cell_in_child
+
+                                cell = run_cell_in_child(self, state, backend, precision, batch)
+                            else:
+                                cell = self._run_cell(state, backend, precision, batch)
                             self._store(cell)
                         cells.append(cell)
                         self.say(f"[{len(cells)}/{total}] {model} {backend} {precision} b{batch}: {_summary(cell)}")
@@ -148,9 +160,7 @@ class Matrix:
 
     def _run_cell(self, state: _ModelState, backend: str, precision: str, batch: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        cell: dict[str, Any] = {"model": state.spec.name, "backend": backend, "precision": precision,
-                                "batch_size": batch, "status": "ok", "error": None, "stats": None, "samples_ms": [],
-                                "guard": None, "overhead": None, "backend_info": {}}
+        cell = new_cell(state.spec.name, backend, precision, batch)
         try:
             self._measure(state, backend, precision, batch, cell)
         except _CellEnd as end:
@@ -244,6 +254,8 @@ class Matrix:
             self.say(state.guards[key].describe())
         except Exception as exc:
             state.guards[key] = _one_line(exc)
+        if self.on_guard is not None:
+            self.on_guard(key, state.guards[key])
         return state.guards[key]
 
     def _synthetic(self, spec: ModelSpec) -> Path:
@@ -254,6 +266,13 @@ class Matrix:
         root = spec.evaluation.make_synthetic(folder, num_images=self.settings.guard_images, seed=0)
         marker.write_text(str(root))
         return Path(root)
+
+
+def new_cell(model: str, backend: str, precision: str, batch: int, status: str = "ok",
+             error: str | None = None) -> dict[str, Any]:
+    """A cell's record before it is measured (or when it ends without measuring)."""
+    return {"model": model, "backend": backend, "precision": precision, "batch_size": batch, "status": status,
+            "error": error, "stats": None, "samples_ms": [], "guard": None, "overhead": None, "backend_info": {}}
 
 
 class _CellEnd(Exception):

@@ -132,3 +132,34 @@ def test_native_call_runs_the_same_computation(refinedet_spec, refinedet_onnx):
         ours = backend.infer(inputs)
         first = native[0] if isinstance(native, list) else next(iter(native.values()))
         assert np.array_equal(np.asarray(first), ours[backend.output_names[0]])
+
+
+def test_a_cell_past_its_time_limit_is_killed_and_the_matrix_goes_on(tmp_path):
+    said = []
+    settings = MatrixSettings(**{**QUICK, "min_seconds": 120.0}, cell_timeout=3.0)
+    m = Matrix([MODEL], ["onnxruntime", "pytorch"], ["fp32", "fp16"], [1, 2], tmp_path, settings, say=said.append)
+    cells = _by_key(m.run())
+    slow = cells[("onnxruntime", "fp32", 1)]
+    assert slow["status"] == "timed out" and "not finished after 3 s, building or benchmarking" in slow["error"]
+    assert slow["stats"] is None and slow["seconds"] < 60
+    assert cells[("onnxruntime", "fp16", 1)]["status"] == "unsupported"  # decided without a child process
+    # The fp16 guard ran past the limit at batch 1, so batch 2 does not wait for it again.
+    first, second = cells[("pytorch", "fp16", 1)], cells[("pytorch", "fp16", 2)]
+    assert first["status"] == "timed out" and "in the accuracy guard" in first["error"]
+    assert second["status"] == "timed out" and "already ran past 3 s" in second["error"]
+    assert json.loads(m.cell_path(MODEL, "pytorch", "fp16", 2).read_text())["status"] == "timed out"
+
+
+@pytest.mark.slow
+def test_cells_in_child_processes_measure_and_share_the_guard(tmp_path):
+    said = []
+    settings = MatrixSettings(**QUICK, cell_timeout=600.0)
+    cells = _by_key(Matrix([MODEL], ["onnxruntime", "pytorch"], ["fp32", "fp16"], [1, 2], tmp_path, settings,
+                           say=said.append).run())
+    for key in (("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 2), ("pytorch", "fp32", 2)):
+        assert cells[key]["status"] == "ok" and cells[key]["stats"]["throughput"] > 0, cells[key]
+    fp16 = [cells[("pytorch", "fp16", b)] for b in (1, 2)]
+    assert all(c["stats"] is not None and c["guard"]["agreement"] is not None for c in fp16)
+    assert fp16[0]["guard"] == fp16[1]["guard"]
+    assert sum("accuracy guard" in line for line in said) == 1  # evaluated in the first child, reused by the second
+    assert len(list((tmp_path / "engines").glob("*.onnx"))) == 1  # exported once, by the parent
