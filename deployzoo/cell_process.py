@@ -9,7 +9,6 @@ the finished cell.
 from __future__ import annotations
 
 import multiprocessing
-import queue as queue_module
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,20 +32,22 @@ def run_cell_in_child(matrix: Matrix, state: _ModelState, backend: str, precisio
         return matrix._run_cell(state, backend, precision, batch)
     _export_once(matrix, state, backend)
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
+    # A pipe, not a Queue: a killed child leaves no semaphore behind (the resource tracker would warn of it).
+    messages, child_end = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, daemon=True, name=f"deployzoo cell {state.spec.name}",
-                            args=(messages, state.spec.name, backend, precision, batch, str(matrix.out),
+                            args=(child_end, state.spec.name, backend, precision, batch, str(matrix.out),
                                   matrix.settings, state.onnx, state.export_error, state.guards.get(key)))
     start = time.perf_counter()
     child.start()
+    child_end.close()  # the child holds its own copy; ours must go, so a dead child reads as end of file
     cell = None
     while cell is None and time.perf_counter() - start < timeout:
-        try:
-            kind, payload = messages.get(timeout=POLL_SECONDS)
-        except queue_module.Empty:
-            if not child.is_alive() and messages.empty():
-                break
+        if not messages.poll(POLL_SECONDS):
             continue
+        try:
+            kind, payload = messages.recv()
+        except EOFError:  # the child ended without sending its cell
+            break
         if kind == "say":
             matrix.say(payload)
         elif kind == "guard":
@@ -111,9 +112,10 @@ def _child_main(messages, model: str, backend: str, precision: str, batch: int, 
     from deployzoo.registry import get_spec
 
     matrix = Matrix([model], [backend], [precision], [batch], out, settings, resume=True,
-                    say=lambda text: messages.put(("say", text)))
-    matrix.on_guard = lambda key, result: messages.put(("guard", result))
+                    say=lambda text: messages.send(("say", text)))
+    matrix.on_guard = lambda key, result: messages.send(("guard", result))
     state = _ModelState(get_spec(model), onnx=onnx, export_error=export_error)
     if guard is not None:
         state.guards[(backend, precision)] = guard
-    messages.put(("cell", matrix._run_cell(state, backend, precision, batch)))
+    messages.send(("cell", matrix._run_cell(state, backend, precision, batch)))
+    messages.close()
