@@ -21,14 +21,14 @@ POLL_SECONDS = 0.5
 
 def run_cell_in_child(matrix: Matrix, state: _ModelState, backend: str, precision: str, batch: int) -> dict[str, Any]:
     """The cell of (``state``'s model, backend, precision, batch), measured in a child process."""
-    from deployzoo.matrix import new_cell
+    from deployzoo.matrix import cell_end_before_loading, new_cell
 
     timeout = float(matrix.settings.cell_timeout)
     key = (backend, precision)
     if key in state.guard_timeouts:
         return new_cell(state.spec.name, backend, precision, batch, "timed out",
                         f"the accuracy guard of {backend} {precision} already ran past {timeout:g} s in this run")
-    if _ends_at_once(backend, precision):
+    if cell_end_before_loading(backend, precision) is not None:  # no child needed to say so
         return matrix._run_cell(state, backend, precision, batch)
     _export_once(matrix, state, backend)
     context = multiprocessing.get_context("spawn")
@@ -66,14 +66,6 @@ def run_cell_in_child(matrix: Matrix, state: _ModelState, backend: str, precisio
         child.join()
     messages.close()
     return cell
-
-
-def _ends_at_once(backend: str, precision: str) -> bool:
-    """A cell that ends before loading anything (backend missing, precision unsupported): no child needed."""
-    from deployzoo.matrix import backend_missing
-    from deployzoo.precision import supports
-
-    return bool(backend_missing(backend)) or not supports(backend, precision)
 
 
 def _export_once(matrix: Matrix, state: _ModelState, backend: str) -> None:

@@ -72,6 +72,21 @@ def backend_missing(backend: str) -> str | None:
     return None
 
 
+def cell_end_before_loading(backend: str, precision: str) -> _CellEnd | None:
+    """How a cell ends before anything is loaded (backend missing, precision unsupported), or None."""
+    missing = backend_missing(backend)
+    if missing:
+        return _CellEnd("backend missing", missing)
+    if not supports(backend, precision):
+        from deployzoo.precision import check_precision
+
+        try:
+            check_precision(backend, precision)
+        except DeployzooError as exc:
+            return _CellEnd("unsupported", str(exc))
+    return None
+
+
 def _status_of(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".lower()
     if isinstance(exc, MemoryError) or "out of memory" in text or "bad_alloc" in text:
@@ -173,16 +188,9 @@ class Matrix:
         return cell
 
     def _measure(self, state: _ModelState, backend: str, precision: str, batch: int, cell: dict[str, Any]) -> None:
-        missing = backend_missing(backend)
-        if missing:
-            raise _CellEnd("backend missing", missing)
-        if not supports(backend, precision):
-            from deployzoo.precision import check_precision
-
-            try:
-                check_precision(backend, precision)
-            except DeployzooError as exc:
-                raise _CellEnd("unsupported", str(exc)) from None
+        end = cell_end_before_loading(backend, precision)
+        if end is not None:
+            raise end
         self._ensure_model(state, backend)
         guard = self._guard(state, backend, precision) if precision != "fp32" else None
         if isinstance(guard, str):

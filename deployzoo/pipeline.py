@@ -127,6 +127,7 @@ class EvalOutcome:
     headline: float  # percent
     out_dir: Path
     summary: dict[str, Any] = field(default_factory=dict)
+    annotations: dict[str, Any] = field(default_factory=dict)  # the ground truth scored against, by image id
 
 
 def evaluate_dataset(
@@ -186,7 +187,7 @@ def evaluate_dataset(
         "engine": fingerprint,
     }
     write_json(out_dir / "metrics.json", summary)
-    return EvalOutcome(metrics, run, bad_annotations, task.headline(metrics), out_dir, summary)
+    return EvalOutcome(metrics, run, bad_annotations, task.headline(metrics), out_dir, summary, evaluated)
 
 
 def _by_size(items: list[ImageItem]) -> list[ImageItem]:

@@ -89,8 +89,7 @@ def run_guard(spec: ModelSpec, open_engine: Callable[[str], Engine], precision: 
             engine.backend.close()
     reference, candidate = outcomes["fp32"], outcomes[precision]
     task = spec.evaluation
-    annotations, _ = task.load_ground_truth(task.open(data_root), skip_bad=True)
-    scored = {k: a for k, a in annotations.items() if k in reference.run.results and k in candidate.run.results}
+    scored = {k: a for k, a in reference.annotations.items() if k in candidate.run.results}
     agreement = task.agreement(candidate.run.results, reference.run.results, scored) if scored else None
     return GuardResult(name, precision, task.metric_name, reference.headline, candidate.headline, tolerance,
                        candidate.summary["images_evaluated"], str(data_root), agreement)
