@@ -33,10 +33,25 @@ def class_mask_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masks of the final detections: pool 14x14 from ``boxes`` [B, K, 4] with ``pooler`` (a
-    MultiLevelRoIAlign), run the head, keep each detection's class -> [B, K, 28, 28] probabilities."""
+    MultiLevelRoIAlign), run the head, keep each detection's class -> [B, K, 28, 28] probabilities.
+
+    Only real detections (``labels`` [B, K] >= 0) are pooled and run through the head; padding rows get
+    all-zero masks. The head costs about 10 ms of CPU per RoI, and trained weights often keep far fewer than K
+    detections, so a fixed K would spend most of it on padding.
+    """
     from deployzoo.ops.roi_extractor import flatten_rois
 
     batch, dets = boxes.shape[:2]
     flat, batch_index = flatten_rois(boxes)
-    probs = class_mask_probs(mask_head(pooler(features, flat, batch_index)), labels.reshape(-1))
+    flat_labels = labels.reshape(-1)
+    valid = flat_labels >= 0
+    keep = torch.nonzero(valid).squeeze(1)
+    logits = mask_head(pooler(features, flat[keep], batch_index[keep]))
+    probs = class_mask_probs(logits, flat_labels[keep])  # [V, M, M]
+    # Back to [B*K, M, M] with one Gather: real detection k reads row (its rank among the real ones), padding
+    # reads an appended zero row. No data-dependent shapes leave this function.
+    zero = probs.new_zeros((1, probs.shape[1], probs.shape[2]))
+    rank = torch.cumsum(valid.to(torch.int64), 0) - 1
+    source = torch.where(valid, rank, torch.full_like(rank, 0) + keep.shape[0])
+    probs = torch.cat([probs, zero]).index_select(0, source)
     return probs.reshape(batch, dets, probs.shape[-2], probs.shape[-1])
