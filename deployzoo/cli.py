@@ -125,6 +125,14 @@ def _print_weights(loaded, verbose: bool) -> None:
         print(loaded.mapping_report.format(verbose=verbose))
 
 
+def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
+    """The dataset at ``data`` checked whole (annotations, image headers) before any weights are loaded."""
+    checked = spec.evaluation.validate(data, skip_bad=skip_bad, limit=limit)
+    for s in checked.skipped:
+        print(f"warning: skipped {s['path'] + ': ' if 'path' in s else ''}{s['problem']}", file=sys.stderr)
+    return checked
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from deployzoo.pipeline import open_engine, predict_files
     from deployzoo.predictions import write_predictions
@@ -152,8 +160,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.model)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
+    checked = _check_data(spec, args.data, skip_bad=args.skip_bad, limit=args.limit)
     if args.dumps:
-        ids = spec.evaluation.open(args.data).ids
+        ids = checked.ids
         infer = dump_infer(spec, args.dumps, ids)
         fingerprint = {"model": spec.name, "engine": "dumps", "dumps": str(Path(args.dumps).resolve())}
         describe = {"backend": "vendor dumps", "directory": args.dumps}
@@ -170,7 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             fingerprint["accuracy_guard"] = guard
         describe = engine.describe()
     outcome = evaluate_dataset(spec, args.data, infer, args.batch, out, fingerprint, protocol=args.protocol,
-                               resume=args.resume, skip_bad=args.skip_bad, workers=args.workers, limit=args.limit)
+                               resume=args.resume, skip_bad=args.skip_bad, workers=args.workers, limit=args.limit,
+                               checked=checked)
     print(outcome.metrics.table())
     print()
     print(f"Stages ({describe.get('backend')}, {describe.get('precision', 'fp32')}, batch {args.batch}):")
@@ -259,13 +269,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.model)
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
+    checked = _check_data(spec, args.data, limit=args.num_images) if args.data and not args.images else None
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
     precision, _ = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=args.onnx, data=args.data)
     engine = open_engine(spec, args.backend, args.batch, onnx_path=args.onnx, work_dir=out, threads=args.threads,
                          loaded=loaded, precision=precision)
     reference = open_engine(spec, "pytorch", 1, loaded=loaded)
-    items = _compare_items(spec, args, out)
+    items = _compare_items(spec, args, out, checked)
     agreement = compare_engines(engine, reference, items)
     print(agreement.table())
     write_json(out / "compare.json", agreement.to_dict())
@@ -273,11 +284,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if agreement.ok else 1
 
 
-def _compare_items(spec, args, out: Path):
+def _compare_items(spec, args, out: Path, checked=None):
     from deployzoo.data.loader import ImageItem, items_from_paths
 
     if args.images:
         return items_from_paths(args.images)
+    if checked is not None:
+        return [ImageItem(i, str(checked.dataset.image_path(i))) for i in checked.ids]
     data = args.data
     if data is None:
         data = spec.evaluation.make_synthetic(out / "synthetic-data", num_images=args.num_images)
@@ -295,8 +308,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         paths = list(args.images)
         if args.data:
-            dataset = spec.evaluation.open(args.data)
-            paths += [str(dataset.image_path(i)) for i in dataset.ids[: args.limit or None]]
+            checked = _check_data(spec, args.data, limit=args.limit)
+            paths += [str(checked.dataset.image_path(i)) for i in checked.ids]
         if not paths:
             raise DeployzooError("give image files or --data DIR")
         info, images_info = write_bins(spec, paths, args.out, workers=args.workers)

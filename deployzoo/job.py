@@ -36,6 +36,8 @@ def run_main_job(
     """Run every stage on one model and write ``report.md`` and ``report.json`` to ``out_dir``."""
     t_start = time.perf_counter()
     spec = get_spec(model_name)
+    # A given dataset is checked whole before anything is written, loaded or exported: a bad file fails in seconds.
+    checked = spec.evaluation.validate(data) if data is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -61,8 +63,8 @@ def run_main_job(
     _say(f"[2/5] compare ONNX Runtime with PyTorch on {compare_images} images")
     engine = open_engine(spec, "onnxruntime", eval_batch, onnx_path=exported.path, threads=threads, loaded=loaded)
     reference = open_engine(spec, "pytorch", 1, loaded=loaded)
-    dataset = spec.evaluation.open(data)
-    items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[:compare_images]]
+    checked = checked or spec.evaluation.validate(data)
+    items = [ImageItem(i, str(checked.dataset.image_path(i))) for i in checked.ids[:compare_images]]
     agreement = compare_engines(engine, reference, items)
     _say(agreement.table())
 
@@ -70,7 +72,7 @@ def run_main_job(
     fingerprint = {"model": spec.name, "backend": "onnxruntime", "weights": loaded.weights,
                    "checkpoint": fingerprint_file(checkpoint), "onnx": fingerprint_file(exported.path)}
     outcome = evaluate_dataset(spec, data, engine.infer, eval_batch, out / "eval", fingerprint, protocol=protocol,
-                               resume=True, workers=workers)
+                               resume=True, workers=workers, checked=checked)
     engine.backend.close()
     _say(outcome.metrics.table())
     _say(outcome.run.timer.table())

@@ -17,6 +17,7 @@ from deployzoo.export.onnx_export import ExportResult, export_onnx
 from deployzoo.predictions import records_for, write_label_maps, write_predictions
 from deployzoo.registry import ModelSpec
 from deployzoo.runner import DatasetRun, InferFn, ResultStore, run_dataset
+from deployzoo.tasks.validation import CheckedSplit
 
 
 def export_model(loaded: LoadedModel, out: str | Path, batch_size: int = 1, dynamic_batch: bool = False) -> ExportResult:
@@ -143,27 +144,33 @@ def evaluate_dataset(
     workers: int = 1,
     limit: int | None = None,
     progress: bool = True,
+    checked: CheckedSplit | None = None,
 ) -> EvalOutcome:
     """Stream the task's split through ``infer``; write metrics.json and the results to ``out_dir``:
-    detections.json (detection), or predictions.json + label_maps/*.png (segmentation)."""
+    detections.json (detection), or predictions.json + label_maps/*.png (segmentation).
+
+    The split is checked first (``task.validate``; pass ``checked`` when the caller already did, before its
+    expensive part), so a bad annotation or image file stops the run before any inference."""
     task = spec.evaluation
     protocol = protocol or task.protocols[0]
     if protocol not in task.protocols:
         raise DeployzooError(f"unknown protocol '{protocol}' for {task.metric_name}; choose from {', '.join(task.protocols)}")
     out_dir = Path(out_dir)
-    dataset = task.open(data_root)
-    annotations, bad_annotations = task.load_ground_truth(dataset, skip_bad=skip_bad)
-    ids = [i for i in dataset.ids if i in annotations][: limit or None]
-    annotations = {i: annotations[i] for i in ids}
-    items = [ImageItem(i, str(dataset.image_path(i)), str(dataset.split_file)) for i in ids]
+    if checked is None:
+        checked = task.validate(data_root, skip_bad=skip_bad, limit=limit)
+    dataset, annotations = checked.dataset, checked.annotations
+    items = [ImageItem(i, str(dataset.image_path(i)), str(dataset.split_file)) for i in annotations]
     if spec.batch_key is not None and batch_size > 1:
-        items = _by_size(items)  # batches of one size stay full
+        items = sorted(items, key=lambda item: checked.sizes[item.image_id])  # batches of one size stay full
     store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
     run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name,
                       batch_key=spec.batch_key)
     bad_images = {s["image_id"] for s in run.skipped}
     evaluated = {i: a for i, a in annotations.items() if i not in bad_images}
+    if not evaluated:
+        raise DeployzooError(f"no image of {dataset.split_file} could be evaluated: all {len(run.skipped)} "
+                             f"were skipped as bad input (the first: {run.skipped[0]['problem']})")
     metrics = task.evaluate(run.results, evaluated, protocol=protocol)
     results = [(i, run.results[i]) for i in evaluated]
     if spec.task == "semantic-segmentation":
@@ -178,7 +185,7 @@ def evaluate_dataset(
         "dataset": task.dataset_name,
         "data_root": str(data_root),
         "images_evaluated": len(evaluated),
-        "images_skipped": [{"image_id": i, "problem": p} for i, p in bad_annotations] + run.skipped,
+        "images_skipped": checked.skipped + run.skipped,
         "images_resumed": run.resumed,
         "protocol": protocol,
         "headline": {"metric": task.metric_name, "value": task.headline(metrics), "published": spec.published.value},
@@ -187,15 +194,9 @@ def evaluate_dataset(
         "engine": fingerprint,
     }
     write_json(out_dir / "metrics.json", summary)
-    return EvalOutcome(metrics, run, bad_annotations, task.headline(metrics), out_dir, summary, evaluated)
-
-
-def _by_size(items: list[ImageItem]) -> list[ImageItem]:
-    """Items ordered by image size (header only), split order kept within a size."""
-    from deployzoo.data.images import image_size_hw
-
-    sizes = {item.image_id: image_size_hw(item.path) or (0, 0) for item in items}
-    return sorted(items, key=lambda item: sizes[item.image_id])
+    skipped_checks = [(s["image_id"], f"{s['path']}: {s['problem']}" if "path" in s else s["problem"])
+                      for s in checked.skipped]
+    return EvalOutcome(metrics, run, skipped_checks, task.headline(metrics), out_dir, summary, evaluated)
 
 
 def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> InferFn:

@@ -85,10 +85,17 @@ def test_bad_images_stop_the_run_naming_the_file_or_are_skipped(tmp_path, refine
     out = tmp_path / "strict"
     with pytest.raises(BadInputError, match="000002.jpg"):
         _eval(refinedet_spec, damaged_voc, engine, 2, out)
-    # the image before the bad one was finished and kept on disk
-    from deployzoo.runner import ResultStore
+    assert not (out / "partial").exists()  # found by the dataset check, before any inference
+    # a file found bad only while running (here: handed to the runner unchecked) keeps the batches before it
+    from deployzoo.data.loader import ImageItem
+    from deployzoo.runner import ResultStore, run_dataset
 
-    done, _ = ResultStore(out, {"backend": "pytorch", "images": 7, "batch_size": 2}, resume=True).load()
+    dataset = refinedet_spec.evaluation.open(damaged_voc)
+    items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids]
+    with pytest.raises(BadInputError, match="000002.jpg"):
+        run_dataset(items, refinedet_spec.preprocess, engine.infer, refinedet_spec.make_postprocess(), 2,
+                    refinedet_spec.make_feeds, store=ResultStore(tmp_path / "runner", {}), workers=0, progress=False)
+    done, _ = ResultStore(tmp_path / "runner", {}, resume=True).load()
     assert list(done) == ["000001"]
     result = _eval(refinedet_spec, damaged_voc, engine, 2, tmp_path / "skip", skip_bad=True)
     skipped = {s["image_id"]: s["problem"] for s in result.summary["images_skipped"]}

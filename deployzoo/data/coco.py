@@ -7,8 +7,8 @@ Layout::
 
 The JSON is validated once when the dataset is opened, so a broken file stops a run before any
 inference: every problem raises :class:`~deployzoo.errors.BadInputError` naming the file and, where
-there is one, the offending entry. Missing image files are not checked here (the runner reports
-them per image).
+there is one, the offending entry. Image files are not looked at here: the task's ``validate``
+checks them (exist, readable header, the size the file gives) before inference.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from deployzoo.data.checks import box_problem
 from deployzoo.data.images import read_image_bgr
 from deployzoo.errors import BadInputError
 
@@ -77,10 +78,10 @@ def _check_segmentation(path: Path, seg: Any, where: str) -> None:
 def validate_coco_dict(path: Path, data: Any) -> None:
     """Check the parts of a COCO instances file that evaluation relies on.
 
-    Images: unique int ``id``, str ``file_name``, positive int ``height``/``width``. Categories:
+    Images: unique int ``id``, unique str ``file_name``, positive int ``height``/``width``. Categories:
     unique int ``id``, str ``name``. Annotations: ``image_id`` and ``category_id`` that exist,
-    ``bbox`` of 4 finite numbers with w, h >= 0, numeric ``area``, ``iscrowd`` 0/1, and, when present,
-    a well-formed ``segmentation``. (``iscrowd`` and ``area`` are required because COCOeval reads them.)
+    ``bbox`` of 4 finite numbers with w, h >= 0, inside its image (``checks.box_problem``), numeric ``area``,
+    ``iscrowd`` 0/1, and, when present, a well-formed ``segmentation``. (``iscrowd`` and ``area`` are required because COCOeval reads them.)
 
     Raises:
         BadInputError: naming ``path``, the entry (by index and id) and the problem.
@@ -96,6 +97,8 @@ def validate_coco_dict(path: Path, data: Any) -> None:
             raise BadInputError(path, f"'{key}' must be a list, got {type(data[key]).__name__}")
 
     image_ids: set[int] = set()
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (width, height)
+    file_names: dict[str, int] = {}  # file_name -> index of its first entry
     for i, img in enumerate(data["images"]):
         where = f"images[{i}]"
         if not isinstance(img, dict) or not _is_int(img.get("id")):
@@ -105,10 +108,16 @@ def validate_coco_dict(path: Path, data: Any) -> None:
             raise BadInputError(path, f"{where}: duplicate image id")
         if not isinstance(img.get("file_name"), str) or not img["file_name"]:
             raise BadInputError(path, f"{where}: missing 'file_name'")
+        if img["file_name"] in file_names:
+            first = file_names[img["file_name"]]
+            raise BadInputError(path, f"{where}: file_name {img['file_name']!r} is also images[{first}] "
+                                      f"(id {data['images'][first]['id']}): two entries for one image file")
         for key in ("height", "width"):
             if not (_is_int(img.get(key)) and img[key] > 0):
                 raise BadInputError(path, f"{where}: '{key}' must be a positive integer, got {img.get(key)!r}")
         image_ids.add(img["id"])
+        file_names[img["file_name"]] = i
+        sizes[img["id"]] = (img["width"], img["height"])
 
     category_ids: set[int] = set()
     for i, cat in enumerate(data["categories"]):
@@ -139,6 +148,10 @@ def validate_coco_dict(path: Path, data: Any) -> None:
             raise BadInputError(path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise BadInputError(path, f"{where}: bbox has negative width or height: {bbox!r}")
+        x, y, w, h = bbox
+        problem = box_problem((x, y, x + w, y + h), *sizes[ann["image_id"]])
+        if problem:
+            raise BadInputError(path, f"{where}: bbox {bbox!r} of image {ann['image_id']}: {problem}")
         if not _is_number(ann.get("area")):
             raise BadInputError(path, f"{where}: 'area' must be a number, got {ann.get('area')!r}")
         if not (_is_int(ann.get("iscrowd")) and ann["iscrowd"] in (0, 1)):
@@ -213,6 +226,8 @@ class COCODetection:
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInputError(self.split_file, f"cannot read annotation file ({exc})") from exc
         validate_coco_dict(self.split_file, data)
+        if not data["images"]:
+            raise BadInputError(self.split_file, "'images' is empty: the split has no images to evaluate")
         if check_categories:
             check_coco_categories(self.split_file, data["categories"])
         self.coco = quiet_coco(data)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deployzoo.data.checks import box_problem
 from deployzoo.data.images import read_image_bgr
 from deployzoo.errors import BadInputError
 
@@ -71,8 +72,9 @@ def parse_voc_xml(xml_path: str | Path, image_id: str | None = None) -> VOCAnnot
     as floats ("273.0") are accepted.
 
     Raises:
-        BadInputError: missing file, malformed XML, a missing or non-numeric field,
-            or an unknown class name; the message names the file, field and object.
+        BadInputError: missing file, malformed XML, a missing or non-numeric field, a non-positive
+            ``<size>``, an unknown class name, or an impossible box (``checks.box_problem``: negative size,
+            or far outside ``<size>``); the message names the file, field and object.
     """
     xml_path = Path(xml_path)
     if image_id is None:
@@ -91,6 +93,8 @@ def parse_voc_xml(xml_path: str | Path, image_id: str | None = None) -> VOCAnnot
         raise BadInputError(xml_path, "missing <size>")
     width = int(_number(xml_path, size, "width", "<size>"))
     height = int(_number(xml_path, size, "height", "<size>"))
+    if width <= 0 or height <= 0:
+        raise BadInputError(xml_path, f"<size> gives {width}x{height} (width x height): sides must be positive")
 
     boxes: list[list[float]] = []
     labels: list[int] = []
@@ -108,7 +112,11 @@ def parse_voc_xml(xml_path: str | Path, image_id: str | None = None) -> VOCAnnot
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise BadInputError(xml_path, f"missing <bndbox> in {where}")
-        boxes.append([_number(xml_path, bndbox, tag, f"{where} <bndbox>") for tag in _COORDS])
+        box = [_number(xml_path, bndbox, tag, f"{where} <bndbox>") for tag in _COORDS]
+        problem = box_problem(box, width, height)
+        if problem:
+            raise BadInputError(xml_path, f"{where} <bndbox>: {problem}")
+        boxes.append(box)
         labels.append(_CLASS_INDEX[name])
         diff_node = obj.find("difficult")
         if diff_node is None or diff_node.text is None or not diff_node.text.strip():
@@ -147,18 +155,23 @@ def _find_year_dir(root: Path, year: str, split: str, subdir: str = "Main") -> P
 
 
 def _read_ids(split_file: Path) -> list[str]:
-    """Image ids of a split file, in file order, blank lines ignored."""
+    """Image ids of a split file, in file order, blank lines ignored; an id listed twice is an error."""
     try:
         lines = split_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInputError(split_file, f"cannot read split file ({exc})") from exc
     ids = []
+    first_line: dict[str, int] = {}
     for lineno, line in enumerate(lines, start=1):
         text = line.strip()
         if not text:
             continue
         if len(text.split()) != 1:
             raise BadInputError(split_file, f"line {lineno}: expected one image id per line, got {text!r}")
+        if text in first_line:
+            raise BadInputError(split_file, f"line {lineno}: image id {text!r} is listed twice (also on line "
+                                            f"{first_line[text]}); each image must be listed once")
+        first_line[text] = lineno
         ids.append(text)
     if not ids:
         raise BadInputError(split_file, "split file lists no image ids")

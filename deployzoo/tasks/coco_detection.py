@@ -16,6 +16,7 @@ from deployzoo.errors import BadInputError
 from deployzoo.eval.coco_eval import IOU_TYPES, COCOEvalResult, evaluate_coco
 from deployzoo.structures import Detections
 from deployzoo.tasks import reference_truth
+from deployzoo.tasks.validation import CheckedSplit, check_split, size_mismatch
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,18 @@ class COCODetectionTask:
         if missing:
             raise BadInputError(dataset.split_file, f"the model's category ids {missing} are not in 'categories'")
         return dataset
+
+    def validate(self, root: str | Path, skip_bad: bool = False, limit: int | None = None) -> CheckedSplit:
+        """Open ``root`` and check it all before any inference: the annotation file, and every image to run
+        (the first ``limit``) exists, has a readable header and the ``height``/``width`` the file gives."""
+        return check_split(self, root, skip_bad=skip_bad, limit=limit)
+
+    def check_image(self, dataset: COCODetection, image_id: str, handle: COCOImageGT, hw: tuple[int, int]) -> None:
+        """Raise BadInputError unless the image file's (H, W) ``hw`` is the annotation file's."""
+        if (handle.height, handle.width) != tuple(hw):
+            what = f"the 'images' entry of id {image_id}"
+            raise BadInputError(dataset.split_file, size_mismatch(what, (handle.height, handle.width),
+                                                                  dataset.image_path(image_id), hw))
 
     def make_synthetic(self, root: str | Path, num_images: int = 8, seed: int = 0) -> Path:
         """Write a synthetic COCO tree at ``root`` and return the path to pass to :meth:`open`."""

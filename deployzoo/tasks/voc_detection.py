@@ -12,6 +12,7 @@ from deployzoo.errors import BadInputError
 from deployzoo.eval.voc07 import PROTOCOLS, ImageDetections, VOCEvalResult, evaluate_voc
 from deployzoo.structures import Detections
 from deployzoo.tasks import reference_truth
+from deployzoo.tasks.validation import CheckedSplit, check_split, size_mismatch
 
 
 class VOCDetectionTask:
@@ -28,6 +29,17 @@ class VOCDetectionTask:
 
     def open(self, root: str | Path) -> VOCDetection:
         return VOCDetection(root, year=self.year, split=self.split)
+
+    def validate(self, root: str | Path, skip_bad: bool = False, limit: int | None = None) -> CheckedSplit:
+        """Open ``root`` and check it all before any inference: every annotation XML parses, and every image
+        to run (the first ``limit``) exists, has a readable header and the ``<size>`` its XML gives."""
+        return check_split(self, root, skip_bad=skip_bad, limit=limit)
+
+    def check_image(self, dataset: VOCDetection, image_id: str, ann: VOCAnnotation, hw: tuple[int, int]) -> None:
+        """Raise BadInputError unless the image file's (H, W) ``hw`` is the XML's ``<size>``."""
+        if (ann.height, ann.width) != tuple(hw):
+            raise BadInputError(dataset.annotation_path(image_id),
+                                size_mismatch("<size>", (ann.height, ann.width), dataset.image_path(image_id), hw))
 
     def make_synthetic(self, root: str | Path, num_images: int = 16, seed: int = 0) -> Path:
         return make_synthetic_voc(root, num_images=num_images, seed=seed, year=self.year, split=self.split)

@@ -18,6 +18,7 @@ from deployzoo.data.voc_seg import (
 from deployzoo.errors import BadInputError
 from deployzoo.eval.miou import MIoUResult, SegmentationAccumulator
 from deployzoo.structures import LabelMap
+from deployzoo.tasks.validation import CheckedSplit, check_split, size_mismatch
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,19 @@ class VOCSegmentationTask:
 
     def open(self, root: str | Path) -> VOCSegmentation:
         return VOCSegmentation(root, year=self.year, split=self.split)
+
+    def validate(self, root: str | Path, skip_bad: bool = False, limit: int | None = None) -> CheckedSplit:
+        """Open ``root`` and check it all before any inference: every label PNG's header, and for every image
+        to run (the first ``limit``) that the image exists, has a readable header and its label's size, and
+        that the label's pixels decode to class indices or the ignore value."""
+        return check_split(self, root, skip_bad=skip_bad, limit=limit)
+
+    def check_image(self, dataset: VOCSegmentation, image_id: str, handle: VOCSegGT, hw: tuple[int, int]) -> None:
+        """Raise BadInputError unless the label PNG is the image's size (``hw``, as (H, W)) and holds labels."""
+        if (handle.height, handle.width) != tuple(hw):
+            raise BadInputError(handle.label_path, size_mismatch("the label PNG", (handle.height, handle.width),
+                                                                 dataset.image_path(image_id), hw))
+        self._read_gt(handle)
 
     def make_synthetic(self, root: str | Path, num_images: int = 8, seed: int = 0) -> Path:
         """Write a synthetic VOC segmentation tree under ``root`` and return the path to pass to :meth:`open`."""
