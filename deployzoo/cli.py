@@ -10,13 +10,22 @@ from deployzoo.errors import DeployzooError
 from deployzoo.precision import CHOICES as PRECISION_CHOICES
 
 
-def _batch_list(text: str) -> list[int]:
+def _batch_size(text: str) -> int:
+    """--batch: images per inference call, a whole number of at least 1 (refused here, before any work)."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        value = int(text)
     except ValueError:
+        raise argparse.ArgumentTypeError(f"a batch size is a whole number of images, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a batch size is the number of images per inference call and must be "
+                                         f"at least 1, got {value}")
+    return value
+
+
+def _batch_list(text: str) -> list[int]:
+    values = [_batch_size(v.strip()) for v in text.split(",") if v.strip()]
+    if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got '{text}'")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got '{text}'")
     return values
 
 
@@ -138,32 +147,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from deployzoo.predictions import write_predictions
     from deployzoo.registry import get_spec
 
+    from deployzoo.data.inputs import check_image_files, output_names
+
     spec = get_spec(args.model)
+    # Every input looked at before weights load (seconds, nothing written): each can have its own output
+    # names, and each image file's header is readable.
+    output_names(args.images)
+    images, skipped = check_image_files(args.images, skip_bad=args.skip_bad)
+    for s in skipped:
+        print(f"warning: skipped {s['path']}: {s['problem']}", file=sys.stderr)
     out = Path(args.out)
     precision, _ = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx)
     engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                          precision=precision)
     if engine.loaded is not None:
         _print_weights(engine.loaded, args.verbose)
-    records = predict_files(engine, args.images, score_threshold=args.score_thr, max_dets=args.max_dets, out_dir=out)
+    failed: list[dict[str, str]] = []  # images whose header was fine but whose data does not decode
+    records = predict_files(engine, images, score_threshold=args.score_thr, max_dets=args.max_dets, out_dir=out,
+                            skipped=failed)
     path = write_predictions(out / "predictions.json", records)
+    done = len(images) - len(failed)
     if spec.task == "semantic-segmentation":
         print(f"{len(records)} label maps -> {path} and {out / 'label_maps'}/*.png")
     else:
-        print(f"{len(records)} detections on {len(args.images)} images -> {path}")
+        print(f"{len(records)} detections on {done} images -> {path}")
+    if skipped or (failed and args.skip_bad):
+        print(f"{len(skipped) + len(failed)} of {len(args.images)} images skipped as bad input (warnings above)")
+    if failed and not args.skip_bad:
+        listed = "; ".join(f"{f['path']}: {f['problem']}" for f in failed[:5])
+        raise DeployzooError(f"{len(failed)} image(s) could not be decoded ({listed}); the predictions of the other "
+                             f"{done} are in {path} (--skip-bad accepts leaving them out)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from deployzoo.pipeline import dump_infer, evaluate_dataset, fingerprint_file, open_engine
+    from deployzoo.pipeline import dump_infer, evaluate_dataset, fingerprint_file, open_engine, split_names
     from deployzoo.registry import get_spec
 
     spec = get_spec(args.model)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, skip_bad=args.skip_bad, limit=args.limit)
     if args.dumps:
-        ids = checked.ids
-        infer = dump_infer(spec, args.dumps, ids)
+        names = split_names(checked.dataset)  # the .bin names `data to-bin --data` gave these images
+        infer = dump_infer(spec, args.dumps, {i: names[i] for i in checked.ids})
         fingerprint = {"model": spec.name, "engine": "dumps", "dumps": str(Path(args.dumps).resolve())}
         describe = {"backend": "vendor dumps", "directory": args.dumps}
     else:
@@ -304,15 +330,19 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.model)
     if args.data_command == "to-bin":
-        from deployzoo.pipeline import write_bins
+        from deployzoo.data.inputs import output_names
+        from deployzoo.pipeline import split_names, write_bins
 
         paths = list(args.images)
+        names = output_names(paths)
         if args.data:
             checked = _check_data(spec, args.data, limit=args.limit)
+            split = split_names(checked.dataset)  # the names `eval --dumps` looks for, whatever --limit is
             paths += [str(checked.dataset.image_path(i)) for i in checked.ids]
+            names += [split[i] for i in checked.ids]
         if not paths:
             raise DeployzooError("give image files or --data DIR")
-        info, images_info = write_bins(spec, paths, args.out, workers=args.workers)
+        info, images_info = write_bins(spec, paths, args.out, workers=args.workers, names=names)
         print(f"wrote {len(paths)} .bin files, {info} (network input sizes) and {images_info} (original sizes)")
         return 0
     if args.data_command == "synthetic":
@@ -398,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint")
     p.add_argument("--out", required=True)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--batch", type=_batch_size, default=1)
     g.add_argument("--dynamic-batch", action="store_true")
     p.add_argument("--output", choices=["logits", "labels"],
                    help="segmentation graph contract: seg logits at the network input (default) or the uint8 "
@@ -409,7 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     p.add_argument("images", nargs="+")
     p.add_argument("--out", required=True)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_batch_size, default=1)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unusable images with a warning (counted) instead of stopping before the run")
+    p.set_defaults(positional_list="images")  # images may come before, between or after options
     p.add_argument("--score-thr", type=float, default=0.0)
     p.add_argument("--max-dets", type=int, default=None, help="default: everything the original model returns")
     p.set_defaults(func=cmd_predict)
@@ -418,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     p.add_argument("--data", required=True, help="dataset root (VOCdevkit for VOC models)")
     p.add_argument("--out")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=_batch_size, default=8)
     p.add_argument("--protocol", default=None,
                    help="the task's first protocol by default; VOC: clean or refinedet-pytorch; COCO: standard")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -450,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", help="image files (default: the first --num-images of --data)")
     p.add_argument("--data")
     p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_batch_size, default=1)
     p.add_argument("--out")
     p.set_defaults(func=cmd_compare)
 
@@ -463,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int)
     q.add_argument("--workers", type=int, default=0)
     q.add_argument("--out", required=True)
-    q.set_defaults(func=cmd_data)
+    q.set_defaults(func=cmd_data, positional_list="images")  # images may come before, between or after options
     q = command(data_sub, "synthetic", help="write a small synthetic dataset in the official layout")
     q.add_argument("model")
     q.add_argument("--out", required=True)
@@ -500,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--out", required=True)
     p.add_argument("--batch", type=_batch_list, default=None, help="batch sizes to benchmark (default: the model's)")
-    p.add_argument("--eval-batch", type=int, default=None)
+    p.add_argument("--eval-batch", type=_batch_size, default=None)
     p.add_argument("--num-images", type=int, default=None, help="synthetic images when no --data")
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
     p.add_argument("--min-seconds", type=float, default=None, help="minimum duration of each benchmark cell")
@@ -511,7 +544,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a positional list at the first option; a command whose trailing positional is a list
+    # (positional_list) takes the file names that follow options too, in the order given.
+    listed = getattr(args, "positional_list", None)
+    if extra and listed and not any(e.startswith("-") for e in extra):
+        setattr(args, listed, [*getattr(args, listed), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except DeployzooError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -88,22 +88,33 @@ def predict_files(
     max_dets: int | None = None,
     batch_size: int | None = None,
     out_dir: str | Path | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> list[dict]:
     """Predictions records (see deployzoo.predictions) for image files, in the order given.
 
-    Segmentation models' label maps are written as palette PNGs under ``out_dir`` (the records name them).
+    Every input keeps its own result: records carry the file name and the path as given, and segmentation
+    models' label maps are written as palette PNGs under ``out_dir`` named by ``output_names`` (the stem, made
+    unique where inputs share one; the records name them). ``skipped``: a list that receives ``{"path",
+    "problem"}`` of each image that cannot be decoded, which is then left out (the others are still run);
+    without it such an image raises BadInputError.
     """
     spec = engine.spec
     postprocess = spec.make_postprocess()
-    items = [ImageItem(Path(p).name, str(p)) for p in paths]
+    items = items_from_paths(paths)  # ids: unique output names
     run = run_dataset(items, spec.preprocess, engine.infer, postprocess, batch_size or engine.backend.batch_size,
-                      spec.make_feeds, workers=0, progress=False, batch_key=spec.batch_key)
-    results = [(item.image_id, run.results[item.image_id]) for item in items]
+                      spec.make_feeds, workers=0, progress=False, batch_key=spec.batch_key,
+                      skip_bad=skipped is not None)
+    if skipped is not None:
+        skipped += [{"path": s["path"], "problem": s["problem"]} for s in run.skipped]
+    items = [item for item in items if item.image_id in run.results]
+    results = [(Path(item.path).name, run.results[item.image_id]) for item in items]
+    given = [item.path for item in items]
     if spec.task == "semantic-segmentation":
+        names = [item.image_id for item in items]
         if out_dir is not None:
-            write_label_maps(out_dir, results)
-        return records_for(spec, results)
-    return records_for(spec, [(i, r.top(max_dets, score_threshold)) for i, r in results])
+            write_label_maps(out_dir, results, names)
+        return records_for(spec, results, given, names)
+    return records_for(spec, [(f, r.top(max_dets, score_threshold)) for f, r in results], given)
 
 
 def fingerprint_file(path: str | Path | None) -> str | None:
@@ -174,8 +185,10 @@ def evaluate_dataset(
     metrics = task.evaluate(run.results, evaluated, protocol=protocol)
     results = [(i, run.results[i]) for i in evaluated]
     if spec.task == "semantic-segmentation":
-        write_label_maps(out_dir, results)
-        write_predictions(out_dir / "predictions.json", records_for(spec, results))
+        split = split_names(dataset)  # label_maps/<name>.png: the image file's stem, unique within the split
+        names = [split[i] for i, _ in results]
+        write_label_maps(out_dir, results, names)
+        write_predictions(out_dir / "predictions.json", records_for(spec, results, names=names))
     else:
         write_predictions(out_dir / "detections.json", records_for(spec, results))
     if hasattr(task, "results_records"):  # the dataset's own results format (COCO results JSON)
@@ -199,22 +212,34 @@ def evaluate_dataset(
     return EvalOutcome(metrics, run, skipped_checks, task.headline(metrics), out_dir, summary, evaluated)
 
 
-def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> InferFn:
-    """An InferFn that reads the vendor tool's output dumps (``<stem>_<k>.bin``) instead of running a model."""
+def split_names(dataset: Any) -> dict[str, str]:
+    """Each image id's output name: ``output_names`` of the whole split's image paths (the image file's stem
+    unless two share one). ``data to-bin --data`` names its .bin files so, and ``eval --dumps`` looks for
+    ``<name>_<k>.bin``, whatever ``--limit`` is."""
+    from deployzoo.data.inputs import output_names
+
+    return dict(zip(dataset.ids, output_names([dataset.image_path(i) for i in dataset.ids])))
+
+
+def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str] | Mapping[str, str]) -> InferFn:
+    """An InferFn that reads the vendor tool's output dumps (``<stem>_<k>.bin``) instead of running a model.
+
+    ``stems``: each image id's dump stem (``split_names``), or a list of ids that are their own stems."""
     from deployzoo.data.vendor_bin import find_dumps, read_bin
 
     if not spec.output_shapes:
         raise DeployzooError(f"{spec.name} has no fixed output shapes (its graph follows each image's size), "
                              f"so its dumps cannot be read; a fixed-canvas variant ({spec.name}@HxW) has them")
     shapes = [spec.output_shapes[n] for n in spec.output_names]
-    index = find_dumps(dumps_dir, list(stems), len(shapes))
+    stem_of = dict(stems) if isinstance(stems, Mapping) else {s: s for s in stems}
+    index = find_dumps(dumps_dir, list(stem_of.values()), len(shapes))
 
     dtypes = [np.dtype(spec.output_dtypes.get(n, "float32")) for n in spec.output_names]
 
     def infer(feeds: dict[str, np.ndarray], ids: Sequence[str]) -> dict[str, np.ndarray]:
         batch = feeds[spec.input_name].shape[0]
-        per_image = [[read_bin(index.path(stem, k), shape, dtype) for k, (shape, dtype) in enumerate(zip(shapes, dtypes))]
-                     for stem in ids]
+        per_image = [[read_bin(index.path(stem_of[i], k), shape, dtype)
+                      for k, (shape, dtype) in enumerate(zip(shapes, dtypes))] for i in ids]
         outputs = {}
         for k, name in enumerate(spec.output_names):
             rows = [arrays[k] for arrays in per_image]
@@ -225,13 +250,16 @@ def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str]) -> 
     return infer
 
 
-def write_bins(spec: ModelSpec, image_paths: Sequence[str | Path], out_dir: str | Path, workers: int = 0) -> tuple[Path, Path]:
+def write_bins(spec: ModelSpec, image_paths: Sequence[str | Path], out_dir: str | Path, workers: int = 0,
+               names: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Preprocess images to raw float32 .bin files, one per image and graph input, and two .info lists.
 
     Each image's graph inputs at batch 1 are written exactly as the engine receives them (for R-CNN models
-    the image padded to a multiple of 32): the image input as ``<stem>.bin`` in ``out_dir``, any other
-    input (e.g. ``img_hw``) as ``<input name>/<stem>.bin``, the one-folder-per-input layout vendor tools
-    take for multi-input models.
+    the image padded to a multiple of 32): the image input as ``<name>.bin`` in ``out_dir``, any other
+    input (e.g. ``img_hw``) as ``<input name>/<name>.bin``, the one-folder-per-input layout vendor tools
+    take for multi-input models. ``names``: one per image (default ``output_names``: the stem, made unique
+    where two images share one); clashing names or paths the .info format cannot hold stop before any file
+    is written.
     ``input.info``: index, .bin path, network input width and height (what the benchmark tool reads);
     ``images.info``: index, image path, ORIGINAL width and height (what post-processing needs).
     Returns both paths.
@@ -241,9 +269,22 @@ def write_bins(spec: ModelSpec, image_paths: Sequence[str | Path], out_dir: str 
     from deployzoo.errors import BadInputError
 
     out_dir = Path(out_dir)
+    items = items_from_paths(image_paths)
+    if names is not None:
+        items = [ImageItem(name, item.path) for name, item in zip(names, items)]
+        first: dict[str, str] = {}
+        for item in items:
+            other = first.setdefault(item.image_id.casefold(), item.path)
+            if other != item.path:
+                raise DeployzooError(f"{other} and {item.path} would both be written as {item.image_id}.bin: "
+                                     "rename one")
+    for item in items:
+        for where in (out_dir.resolve() / f"{item.image_id}.bin", Path(item.path).resolve()):
+            if any(c.isspace() for c in str(where)):
+                raise BadInputError(where, "path contains whitespace, which the .info format cannot hold")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, image_rows = [], []
-    for index, prepared in enumerate(prepared_images(items_from_paths(image_paths), spec.preprocess, workers=workers)):
+    for index, prepared in enumerate(prepared_images(items, spec.preprocess, workers=workers)):
         if isinstance(prepared, BadImage):
             raise BadInputError(prepared.path, prepared.problem)
         feeds = spec.make_feeds([prepared.array], [prepared.meta], 1)

@@ -102,5 +102,9 @@ def prepared_images(
 
 
 def items_from_paths(paths: Iterable[str | Path]) -> list[ImageItem]:
-    """Image items named by file stem (the id used in results and dumps)."""
-    return [ImageItem(Path(p).stem, str(p)) for p in paths]
+    """Image items whose id is the input's unique output name (``data.inputs.output_names``: the file stem
+    unless inputs share one), the id used in results, output files and dumps."""
+    from deployzoo.data.inputs import output_names
+
+    paths = [str(p) for p in paths]
+    return [ImageItem(name, p) for name, p in zip(output_names(paths), paths)]
