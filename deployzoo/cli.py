@@ -134,6 +134,32 @@ def _print_weights(loaded, verbose: bool) -> None:
         print(loaded.mapping_report.format(verbose=verbose))
 
 
+def _checked_onnx(path: str | None, spec, command: str):
+    """Check a user's .onnx before any work (one error line naming the file) and say what matters about it.
+    ``spec``: the model the user named, or None (``bench FILE.onnx``: the file's metadata names it).
+    Returns the spec to run it as (``spec`` itself when given)."""
+    from deployzoo.errors import BadInputError
+    from deployzoo.export.onnx_export import check_onnx_for_model, inspect_onnx_file
+    from deployzoo.registry import get_spec
+
+    if path is None:
+        return spec
+    info = inspect_onnx_file(path)
+    name = check_onnx_for_model(info, spec, command)
+    if spec is None:
+        try:
+            spec = get_spec(name)
+        except DeployzooError as exc:
+            raise BadInputError(path, f"was exported for '{name}', a model this deployzoo does not have ({exc})")
+    if info.model is None:
+        print(f"note: {path} has no deployzoo metadata; its inputs and outputs are {spec.name}'s, so it runs as "
+              f"{spec.name}")
+    if info.stand_in:
+        print(f"note: {path} was exported from stand-in weights, not a checkpoint: its outputs and accuracy are "
+              f"NOT those of the trained model")
+    return spec
+
+
 def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
     """The dataset at ``data`` checked whole (annotations, image headers) before any weights are loaded."""
     checked = spec.evaluation.validate(data, skip_bad=skip_bad, limit=limit)
@@ -150,6 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from deployzoo.data.inputs import check_image_files, output_names
 
     spec = get_spec(args.model)
+    _checked_onnx(args.onnx, spec, "predict")
     # Every input looked at before weights load (seconds, nothing written): each can have its own output
     # names, and each image file's header is readable.
     output_names(args.images)
@@ -193,6 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fingerprint = {"model": spec.name, "engine": "dumps", "dumps": str(Path(args.dumps).resolve())}
         describe = {"backend": "vendor dumps", "directory": args.dumps}
     else:
+        _checked_onnx(args.onnx, spec, "eval")
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision)
@@ -234,13 +262,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or "runs/bench")
     target = args.model
     loaded = None
-    if target.endswith(".onnx"):
-        from deployzoo.export.onnx_export import read_metadata
-
+    if args.onnx is not None or target.endswith(".onnx") or Path(target).is_file():
+        onnx_path = args.onnx or target  # `bench MODEL --onnx FILE`, or `bench FILE` (its metadata names the model)
+        spec = _checked_onnx(onnx_path, None if args.onnx is None else get_spec(target), "bench")
         if args.backend not in ONNX_BACKENDS:
-            raise DeployzooError(f"{target} is an ONNX file: choose --backend {' or '.join(ONNX_BACKENDS)}")
-        spec = get_spec(read_metadata(target).get("deployzoo.model", ""))
-        onnx_files = {b: Path(target) for b in args.batch}
+            raise DeployzooError(f"{onnx_path} is an ONNX file: choose --backend {' or '.join(ONNX_BACKENDS)}")
+        onnx_files = {b: Path(onnx_path) for b in args.batch}
     else:
         spec = get_spec(target)
         loaded = load_model(spec, args.checkpoint)
@@ -294,6 +321,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from deployzoo.bench.report import write_json
 
     spec = get_spec(args.model)
+    _checked_onnx(args.onnx, spec, "compare")
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, limit=args.num_images) if args.data and not args.images else None
     loaded = load_model(spec, args.checkpoint)
@@ -380,6 +408,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise DeployzooError(f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout:g}")
     matrix = Matrix(models, backends, precisions, args.batch, args.out, settings, resume=not args.fresh)
+    if args.checkpoint is not None:  # a bad or foreign checkpoint: one error now, not a failure in every cell
+        from deployzoo.engine import load_model
+
+        load_model(get_spec(models[0]), args.checkpoint)
     cells = matrix.run()
     env = environment() | {"threads": args.threads or "backend default"}
     paths = write_matrix_reports(args.out, cells, env)
@@ -463,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "bench", help="pure-inference benchmark over batch sizes")
     p.add_argument("model", help="registry name or an exported .onnx")
+    p.add_argument("--onnx", help="benchmark this exported .onnx as MODEL (for a file without deployzoo metadata)")
     p.add_argument("--checkpoint")
     p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
     p.add_argument("--batch", type=_batch_list, default=[1, 4, 8])
@@ -553,10 +586,15 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, listed, [*getattr(args, listed), *extra])
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from deployzoo.data.images import show_decode_warnings_plainly
+
+    show_decode_warnings_plainly()
     try:
         return args.func(args)
     except DeployzooError as exc:
         if args.verbose:
+            if getattr(exc, "details", None):  # e.g. every key of a checkpoint that does not fit
+                print(exc.details, file=sys.stderr)
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2

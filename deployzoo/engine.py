@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from deployzoo.backends.base import Backend
-from deployzoo.errors import DeployzooError
+from deployzoo.errors import CheckpointError, DeployzooError
 from deployzoo.registry import ModelSpec
 
 DEFAULT_WEIGHTS_NOTE = (
@@ -33,6 +33,7 @@ class LoadedModel:
 def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int = 0) -> LoadedModel:
     """Build ``spec``'s model and fill it strictly from ``checkpoint`` (or with stand-in weights)."""
     from deployzoo.checkpoints import load_into_model
+    from deployzoo.checkpoints.safe_load import load_checkpoint
     from deployzoo.checkpoints.synthetic import synthetic_state_dict
 
     torch.manual_seed(seed)
@@ -41,8 +42,25 @@ def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int 
         weights = synthetic_state_dict(model, spec.synthetic_gains, seed=seed, checkpoint_key=spec.checkpoint_key)
         model.load_state_dict(weights, strict=True)
         return LoadedModel(spec, model.eval(), DEFAULT_WEIGHTS_NOTE.format(seed=seed))
-    report = load_into_model(model, checkpoint, spec.checkpoint_rules)
+    raw = load_checkpoint(checkpoint)
+    try:
+        report = load_into_model(model, raw, spec.checkpoint_rules)
+    except CheckpointError as exc:
+        raise _for_user(exc, spec, raw.tensors, model.state_dict()) from exc
     return LoadedModel(spec, model.eval(), str(checkpoint), report)
+
+
+def _for_user(exc: CheckpointError, spec: ModelSpec, checkpoint_keys, model_state) -> CheckpointError:
+    """The mapping error with what a user can act on: whose checkpoint this looks like, and what this model
+    expects. The full key listing stays in ``details`` (--verbose)."""
+    from deployzoo.checkpoint_families import describe_mismatch
+
+    header, _, listing = str(exc).partition("\n")
+    mismatch = describe_mismatch(spec, checkpoint_keys, model_state)
+    lines = [header, *([mismatch] if mismatch else []), listing, f"{spec.name} expects {spec.checkpoint_format}"]
+    error = CheckpointError("\n".join(line for line in lines if line))
+    error.details = getattr(exc, "details", None)
+    return error
 
 
 def make_backend(

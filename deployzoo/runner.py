@@ -72,7 +72,6 @@ class ResultStore:
                 for i, image_id in enumerate(ids):
                     a, b = bounds[i], bounds[i + 1]
                     results[image_id] = Detections(data["boxes"][a:b], data["scores"][a:b], data["labels"][a:b], masks[i])
-                skipped += json.loads(str(data["skipped"]))
         return results, skipped
 
     def append(self, batch: Sequence[tuple[str, Result]], skipped: Sequence[dict[str, str]] = ()) -> None:

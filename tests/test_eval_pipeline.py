@@ -127,3 +127,36 @@ def test_eval_command_with_worker_processes_and_quirk_protocol(tmp_path, refined
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metrics"]["protocol"] == "refinedet-pytorch"
     assert metrics["images_evaluated"] == 7
+
+
+def test_resume_of_a_skip_bad_run_counts_each_skipped_image_once(tmp_path, synthetic_voc, capsys):
+    """eval --skip-bad with a missing image, then --resume on the same directory: still one image skipped."""
+    root = tmp_path / "VOCdevkit"
+    shutil.copytree(synthetic_voc, root)
+    (root / "VOC2007" / "JPEGImages" / "000004.jpg").unlink()
+    out = tmp_path / "eval"
+    args = ["eval", "refinedet320-vgg16-voc", "--data", str(root), "--backend", "pytorch", "--batch", "4",
+            "--workers", "0", "--skip-bad", "--limit", "5", "--out", str(out)]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "1 images skipped" in first
+    assert len(json.loads((out / "metrics.json").read_text())["images_skipped"]) == 1
+    assert main([*args, "--resume"]) == 0
+    again = capsys.readouterr().out
+    assert "1 images skipped" in again and "2 images skipped" not in again
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["image_id"] for s in metrics["images_skipped"]] == ["000004"]
+    assert metrics["images_evaluated"] == 4
+
+
+def test_result_store_load_lists_a_skipped_image_once(tmp_path):
+    import numpy as np
+
+    from deployzoo.runner import ResultStore
+    from deployzoo.structures import Detections
+
+    store = ResultStore(tmp_path, {"model": "m"})
+    dets = Detections(np.zeros((1, 4), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64), None)
+    store.append([("a", dets)], [{"image_id": "b", "path": "b.jpg", "problem": "image file not found"}])
+    results, skipped = ResultStore(tmp_path, {"model": "m"}, resume=True).load()
+    assert list(results) == ["a"] and [s["image_id"] for s in skipped] == ["b"]

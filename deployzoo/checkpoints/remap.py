@@ -297,6 +297,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+_SHOWN_KEYS = 5  # keys of each kind a mapping error shows without --verbose
+
+
 @dataclass
 class _Problems:
     """Collects every mismatch so they are raised together in one readable error."""
@@ -315,16 +318,23 @@ class _Problems:
         if not total:
             return
         counts = ", ".join(f"{len(lines)} {short}" for short, _, lines in groups if lines)
-        text = [
-            f"{self.source or 'checkpoint'}: does not fit the model ({total} problem"
-            f"{'s' if total != 1 else ''}: {counts}; the model has {len(model_state)} keys)"
-        ]
+        header = (f"{self.source or 'checkpoint'}: does not fit the model ({total} problem"
+                  f"{'s' if total != 1 else ''}: {counts}; the model has {len(model_state)} keys)")
+        # The message shows the first few keys of each kind; ``details`` (printed with --verbose) has them all.
+        summary, full = [header], [header]
         for short, title, lines in groups:
             if lines:
-                text.append(f"{short} ({len(lines)}) - {title}:")
-                text.extend(f"  - {line}" for line in lines)
-        text.append("Fix the model's RenameRules (renames / ignore / keep_init) or use the matching checkpoint.")
-        raise CheckpointError("\n".join(text))
+                shown = lines if len(lines) <= _SHOWN_KEYS + 2 else lines[:_SHOWN_KEYS]
+                summary.append(f"{short} ({len(lines)}) - {title}:")
+                summary.extend(f"  - {line}" for line in shown)
+                if len(shown) < len(lines):
+                    summary.append(f"  ... and {len(lines) - len(shown)} more (--verbose lists every key)")
+                full.append(f"{short} ({len(lines)}) - {title}:")
+                full.extend(f"  - {line}" for line in lines)
+        full.append("If this is the model's own checkpoint, its RenameRules (renames / ignore / keep_init) need fixing.")
+        error = CheckpointError("\n".join(summary))
+        error.details = "\n".join(full)
+        raise error
 
     def _groups(self) -> list[tuple[str, str, list[str]]]:
         """(short name, explanation, one line per key) for each kind of problem."""

@@ -61,6 +61,9 @@ def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core is the parallelism; no nested thread pools
+    from deployzoo.data.images import show_decode_warnings_plainly
+
+    show_decode_warnings_plainly()  # "warning: <file>: ..." as in the main process
 
 
 def _prepare_star(args: tuple[ImageItem, Callable]) -> PreparedImage | BadImage:

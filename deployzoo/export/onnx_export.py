@@ -5,12 +5,13 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 
 from deployzoo import __version__
-from deployzoo.errors import DeployzooError
+from deployzoo.errors import BadInputError, DeployzooError
 
 DEFAULT_OPSET = 17
 _AXIS_NAMES = {3: {1: "height", 2: "width"}}  # free dims of a [C, H, W] input
@@ -155,3 +156,101 @@ def check_onnx(path: str | Path) -> None:
 def read_metadata(path: str | Path) -> dict[str, str]:
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
+
+
+# --------------------------------------------------------------------------- model files given by users
+
+
+@dataclass(frozen=True)
+class OnnxFileInfo:
+    """What a user's .onnx says about itself: deployzoo metadata (empty for a foreign file), graph inputs/outputs."""
+
+    path: Path
+    metadata: dict[str, str]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def model(self) -> str | None:
+        """The registry name it was exported for, or None when the file has no deployzoo metadata."""
+        return self.metadata.get("deployzoo.model") or None
+
+    @property
+    def weights(self) -> str:
+        return self.metadata.get("deployzoo.weights", "")
+
+    @property
+    def stand_in(self) -> bool:
+        """Exported from deterministic stand-in weights (engine.DEFAULT_WEIGHTS_NOTE), not a checkpoint."""
+        return "stand-in weights" in self.weights
+
+
+def _looks_like(head: bytes) -> str:
+    """What a file that is not ONNX appears to be, from its first bytes (for the error message)."""
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip file, e.g. a PyTorch checkpoint: a checkpoint goes with --checkpoint"
+    if head[:1] == b"\x80":
+        return "it looks like a pickle, e.g. a checkpoint: a checkpoint goes with --checkpoint"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8"):
+        return "it is an image"
+    if head.lstrip()[:1] in (b"<", b"{"):
+        return "it is text (HTML, XML or JSON), e.g. an error page saved by a download"
+    return "truncated or corrupt? re-export it or download it again"
+
+
+def inspect_onnx_file(path: str | Path) -> OnnxFileInfo:
+    """Read a user-given .onnx's metadata and graph signature without running it.
+
+    Raises:
+        BadInputError: naming the file, when it is missing, a directory, empty, or not an ONNX model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(path, "model file not found")
+    if path.is_dir():
+        raise BadInputError(path, "expected an .onnx model file, found a directory")
+    size = path.stat().st_size
+    if size == 0:
+        raise BadInputError(path, "model file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, onnx's own errors, OSError
+        raise BadInputError(path, f"not an ONNX model: it cannot be parsed ({size} bytes; {_looks_like(head)})") from exc
+    if not proto.graph.node or not proto.graph.output:
+        raise BadInputError(path, f"not an ONNX model: it parses, but holds no graph ({size} bytes; {_looks_like(head)})")
+    initializers = {t.name for t in proto.graph.initializer}
+    return OnnxFileInfo(
+        path=path,
+        metadata={p.key: p.value for p in proto.metadata_props},
+        inputs=tuple(i.name for i in proto.graph.input if i.name not in initializers),
+        outputs=tuple(o.name for o in proto.graph.output),
+    )
+
+
+def check_onnx_for_model(info: OnnxFileInfo, spec: Any | None, command: str = "predict") -> str:
+    """The registry name to run ``info``'s file as, after checking it fits ``spec`` (a ModelSpec, or None when
+    the user named no model). ``command`` only shapes the advice in messages.
+
+    Raises:
+        BadInputError: the file has no deployzoo metadata and no model was named (or its inputs/outputs are not
+            the named model's graph contract), or it was exported for another model (named).
+    """
+    path = info.path
+    if info.model is None:
+        if spec is None:
+            raise BadInputError(path, "has no deployzoo metadata (it was not written by `deployzoo export`), so "
+                                      f"the model it holds is unknown; name the model: deployzoo {command} MODEL "
+                                      f"--onnx {path}")
+        if set(info.inputs) != set(spec.input_names) or list(info.outputs) != list(spec.output_names):
+            raise BadInputError(path, f"has no deployzoo metadata, and its graph is not {spec.name}'s contract "
+                                      f"(inputs {list(info.inputs)}, outputs {list(info.outputs)}; {spec.name} has "
+                                      f"inputs {list(spec.input_names)}, outputs {list(spec.output_names)}); "
+                                      f"export it with `deployzoo export {spec.name}`")
+        return spec.name
+    if spec is not None and info.model != spec.name:
+        raise BadInputError(path, f"was exported for {info.model}, not {spec.name}: give {info.model} as the "
+                                  f"model name with this file (deployzoo {command} {info.model} --onnx {path} ...), "
+                                  f"or export {spec.name}")
+    return info.model
