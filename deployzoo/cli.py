@@ -242,6 +242,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     skipped = outcome.summary["images_skipped"]
     if skipped:
         print(f"\n{len(skipped)} images skipped as bad input (listed in metrics.json)")
+    non_finite = outcome.summary.get("non_finite_outputs") or {}
+    if non_finite.get("images"):
+        from deployzoo.nonfinite import summary_line
+
+        print(f"warning: the engine's outputs are not finite (NaN or infinite) on {summary_line(non_finite)}: "
+              f"those images are skipped and the figure below leaves them out")
     print(f"\n{spec.evaluation.metric_name} ({outcome.summary['protocol']} protocol): {outcome.headline:.2f} "
           f"(published {spec.published.value}: {spec.published.source})")
     if outcome.run.resumed:

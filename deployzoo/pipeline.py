@@ -12,6 +12,7 @@ from deployzoo.backends.base import Backend
 from deployzoo.bench.report import write_json
 from deployzoo.data.loader import ImageItem, items_from_paths
 from deployzoo.engine import LoadedModel, load_model, make_backend
+from deployzoo import nonfinite
 from deployzoo.errors import DeployzooError
 from deployzoo.export.onnx_export import ExportResult, export_onnx
 from deployzoo.predictions import records_for, write_label_maps, write_predictions
@@ -103,7 +104,7 @@ def predict_files(
     items = items_from_paths(paths)  # ids: unique output names
     run = run_dataset(items, spec.preprocess, engine.infer, postprocess, batch_size or engine.backend.batch_size,
                       spec.make_feeds, workers=0, progress=False, batch_key=spec.batch_key,
-                      skip_bad=skipped is not None)
+                      per_detection=spec.ranked_outputs, skip_bad=skipped is not None)
     if skipped is not None:
         skipped += [{"path": s["path"], "problem": s["problem"]} for s in run.skipped]
     items = [item for item in items if item.image_id in run.results]
@@ -156,6 +157,7 @@ def evaluate_dataset(
     limit: int | None = None,
     progress: bool = True,
     checked: CheckedSplit | None = None,
+    skip_nonfinite: bool | None = None,
 ) -> EvalOutcome:
     """Stream the task's split through ``infer``; write metrics.json and the results to ``out_dir``:
     detections.json (detection), or predictions.json + label_maps/*.png (segmentation).
@@ -176,7 +178,7 @@ def evaluate_dataset(
     store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
     run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name,
-                      batch_key=spec.batch_key)
+                      batch_key=spec.batch_key, per_detection=spec.ranked_outputs, skip_nonfinite=skip_nonfinite)
     bad_images = {s["image_id"] for s in run.skipped}
     evaluated = {i: a for i, a in annotations.items() if i not in bad_images}
     if not evaluated:
@@ -200,13 +202,15 @@ def evaluate_dataset(
         "images_evaluated": len(evaluated),
         "images_skipped": checked.skipped + run.skipped,
         "images_resumed": run.resumed,
+        "non_finite_outputs": nonfinite.summarize(run.skipped),
         "protocol": protocol,
         "headline": {"metric": task.metric_name, "value": task.headline(metrics), "published": spec.published.value},
         "metrics": metrics.to_dict(),
         "stages": run.timer.to_dict(),
         "engine": fingerprint,
     }
-    write_json(out_dir / "metrics.json", summary)
+    write_json(out_dir / "metrics.json", summary, reasons={
+        "headline.value": f"{task.metric_name} is undefined on these images: there is no ground truth to score against"})
     skipped_checks = [(s["image_id"], f"{s['path']}: {s['problem']}" if "path" in s else s["problem"])
                       for s in checked.skipped]
     return EvalOutcome(metrics, run, skipped_checks, task.headline(metrics), out_dir, summary, evaluated)
@@ -247,6 +251,7 @@ def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str] | Ma
             outputs[name] = np.stack(rows)
         return outputs
 
+    infer.source = f"dump ({dumps_dir})"  # named in messages about the outputs
     return infer
 
 

@@ -7,6 +7,9 @@ most ``tolerance`` points below fp32's. ``auto`` precision keeps fp16 only where
 The guard also reports the candidate's agreement with fp32: the same metric with fp32's own predictions as
 the ground truth (100 = identical). It does not need labels, so it still says something where the labelled
 metric cannot (stand-in weights score near 0 on any labels); the verdict stays with the labelled metric.
+
+An engine that gives NaN or infinite outputs on an image (fp16 overflows past 65504) fails the guard, with
+the image and the output named (``non_finite``); nothing is scored then.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deployzoo.nonfinite import NonFiniteOutputError
 from deployzoo.pipeline import Engine, EvalOutcome, evaluate_dataset
 from deployzoo.precision import supports
 from deployzoo.registry import ModelSpec
@@ -28,23 +32,28 @@ class GuardResult:
     backend: str
     precision: str  # the candidate
     metric: str
-    fp32: float  # percent
-    candidate: float  # percent
+    fp32: float | None  # percent; None when not scored (non-finite outputs)
+    candidate: float | None  # percent; None when not scored (non-finite outputs)
     tolerance: float  # allowed drop, in points
     images: int
     data: str
     agreement: float | None = None  # candidate scored against fp32's predictions, percent; None: nothing to score
+    # An engine gave non-finite outputs: {"precision", "image_id", "path", "outputs": {name: counts}, "problem"}.
+    non_finite: dict[str, Any] | None = None
 
     @property
-    def delta(self) -> float:
-        return self.candidate - self.fp32
+    def delta(self) -> float | None:
+        return None if self.candidate is None or self.fp32 is None else self.candidate - self.fp32
 
     @property
     def holds(self) -> bool:
-        return self.delta >= -self.tolerance
+        return self.non_finite is None and self.delta is not None and self.delta >= -self.tolerance
 
     def describe(self) -> str:
         verdict = "holds" if self.holds else "FAILS"
+        if self.non_finite is not None:
+            return (f"accuracy guard FAILS: {self.backend} {self.non_finite['precision']} gives non-finite outputs "
+                    f"(on {self.data}): {self.non_finite['problem']}; not scored")
         return (f"accuracy guard {verdict}: {self.backend} {self.precision} {self.metric} {self.candidate:.2f} vs fp32 "
                 f"{self.fp32:.2f} (delta {round(self.delta, 2) + 0.0:+.2f}, allowed drop {self.tolerance:g}) on {self.images} images "
                 f"of {self.data}; {self.describe_agreement()}")
@@ -58,7 +67,7 @@ class GuardResult:
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "metric": self.metric, "fp32": self.fp32,
                 "candidate": self.candidate, "delta": self.delta, "tolerance": self.tolerance, "holds": self.holds,
-                "images": self.images, "data": self.data, "agreement": self.agreement}
+                "images": self.images, "data": self.data, "agreement": self.agreement, "non_finite": self.non_finite}
 
 
 def evaluate_sample(spec: ModelSpec, engine: Engine, data_root: str | Path, work_dir: str | Path,
@@ -78,17 +87,26 @@ def evaluate_sample(spec: ModelSpec, engine: Engine, data_root: str | Path, work
 def run_guard(spec: ModelSpec, open_engine: Callable[[str], Engine], precision: str, data_root: str | Path,
               work_dir: str | Path, num_images: int = DEFAULT_IMAGES,
               tolerance: float = DEFAULT_TOLERANCE) -> GuardResult:
-    """Evaluate ``open_engine("fp32")`` and ``open_engine(precision)`` on the same images and compare."""
+    """Evaluate ``open_engine("fp32")`` and ``open_engine(precision)`` on the same images and compare.
+
+    Non-finite outputs of either engine stop its evaluation at that image and fail the guard, naming them."""
     outcomes = {}
+    task = spec.evaluation
     for p in ("fp32", precision):
         engine = open_engine(p)
         try:
             name = engine.backend.name
             outcomes[p] = evaluate_sample(spec, engine, data_root, work_dir, num_images)
+        except NonFiniteOutputError as exc:
+            found = {f.output: f.to_dict() for f in exc.found}
+            non_finite = {"precision": p, "image_id": exc.image_id, "path": exc.path, "outputs": found,
+                          "problem": exc.summary}
+            fp32 = outcomes["fp32"].headline if "fp32" in outcomes else None
+            return GuardResult(name, precision, task.metric_name, fp32, None, tolerance, 0, str(data_root),
+                               non_finite=non_finite)
         finally:
             engine.backend.close()
     reference, candidate = outcomes["fp32"], outcomes[precision]
-    task = spec.evaluation
     scored = {k: a for k, a in reference.annotations.items() if k in candidate.run.results}
     agreement = task.agreement(candidate.run.results, reference.run.results, scored) if scored else None
     return GuardResult(name, precision, task.metric_name, reference.headline, candidate.headline, tolerance,

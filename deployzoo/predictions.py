@@ -97,14 +97,30 @@ def write_label_maps(out_dir: str | Path, items: Iterable[tuple[str, LabelMap]],
 
 
 def write_predictions(path: str | Path, records: list[dict]) -> Path:
-    """Write records as JSON (floats in full float32 precision, one record per line for diffing)."""
+    """Write records as JSON (floats in full float32 precision, one record per line for diffing).
+
+    Strict JSON: the pipeline stops or skips an image whose outputs are not finite (deployzoo.nonfinite)
+    before any record is made, so a NaN or infinity here is our bug, and raises before the file is written.
+    """
     import json
 
+    try:
+        lines = [json.dumps(record, allow_nan=False) for record in records]
+    except ValueError as exc:
+        bad = next(r for r in records if not _is_strict(r))
+        raise ValueError(f"internal error: a non-finite value reached {path}: {bad}") from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        f.write("[\n")
-        for i, record in enumerate(records):
-            f.write(json.dumps(record) + (",\n" if i + 1 < len(records) else "\n"))
-        f.write("]\n")
+        f.write("[\n" + ",\n".join(lines) + ("\n" if lines else "") + "]\n")
     return path
+
+
+def _is_strict(record: dict) -> bool:
+    import json
+
+    try:
+        json.dumps(record, allow_nan=False)
+        return True
+    except ValueError:
+        return False

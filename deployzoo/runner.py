@@ -14,10 +14,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from deployzoo import jsonio
 from deployzoo.bench.timing import StageTimer
 from deployzoo.data.loader import BadImage, ImageItem, PreparedImage, prepared_images
 from deployzoo.engine import split_outputs
 from deployzoo.errors import BadInputError, DeployzooError
+from deployzoo.nonfinite import NonFiniteOutputError, check_outputs, check_result, describe, skipped_record
 from deployzoo.structures import Detections, LabelMap
 
 Result = Detections | LabelMap
@@ -46,13 +48,13 @@ class ResultStore:
             )
         if existing and fingerprint_file.is_file():
             previous = json.loads(fingerprint_file.read_text())
-            if previous != json.loads(json.dumps(fingerprint)):
+            if previous != json.loads(jsonio.dumps(fingerprint)):
                 diff = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
                 raise DeployzooError(
                     f"{self.directory}: cannot resume, the earlier run used different settings ({', '.join(diff)})"
                 )
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        fingerprint_file.write_text(json.dumps(fingerprint, indent=1))
+        fingerprint_file.write_text(jsonio.dumps(fingerprint, indent=1))
         self._next = len(existing)
 
     def load(self) -> tuple[dict[str, Result], list[dict[str, str]]]:
@@ -124,6 +126,8 @@ def run_dataset(
     progress: bool = True,
     description: str = "images",
     batch_key: Callable[[Any], Any] | None = None,
+    per_detection: Sequence[str] = (),
+    skip_nonfinite: bool | None = None,
 ) -> DatasetRun:
     """Run ``items`` through preprocess -> infer -> postprocess in batches of ``batch_size``.
 
@@ -133,7 +137,13 @@ def run_dataset(
     pad batch only images of one size; order items by size to keep batches full).
     A bad image raises BadInputError naming it (after the batches before it are stored), or with
     ``skip_bad`` is recorded in ``skipped`` and left out.
+    Every image's outputs and post-processed result are checked for NaN and infinity (deployzoo.nonfinite;
+    ``per_detection``: the outputs whose rows past ``num_dets`` are padding, ``spec.ranked_outputs``): such an
+    image raises NonFiniteOutputError naming it and the output, or with ``skip_nonfinite`` (default:
+    ``skip_bad``) is skipped and listed with its counts (``"non_finite"``).
     """
+    skip_nonfinite = skip_bad if skip_nonfinite is None else skip_nonfinite
+    source = getattr(infer, "source", "engine")  # what gave the outputs, for messages (dump_infer: the dumps)
     done: dict[str, Result] = {}
     skipped: list[dict[str, str]] = []
     if store is not None:
@@ -148,6 +158,7 @@ def run_dataset(
 
     def flush() -> None:
         finished_batch: list[tuple[str, Result]] = []
+        non_finite: NonFiniteOutputError | None = None
         if batch:
             count = len(batch)
             inputs = collate([p.array for p in batch], [p.meta for p in batch], batch_size)
@@ -155,7 +166,20 @@ def run_dataset(
                 outputs = infer(inputs, [p.image_id for p in batch])
             with timer.stage("postprocess"):
                 for prepared, per_image in zip(batch, split_outputs(outputs, count)):
-                    finished_batch.append((prepared.image_id, postprocess(per_image, prepared.meta)))
+                    found = check_outputs(per_image, per_detection)
+                    if not found:
+                        with np.errstate(over="ignore", invalid="ignore"):  # overflow is found in the result
+                            result = postprocess(per_image, prepared.meta)
+                        found = check_result(result)
+                    if found and not skip_nonfinite:
+                        non_finite = NonFiniteOutputError(prepared.image_id, prepared.path, found, source,
+                                                          resumable=store is not None)
+                        break  # store what is finished before it, then stop
+                    if found:
+                        tqdm.write(f"warning: skipped {prepared.path}: non-finite {source} output: {describe(found)}")
+                        batch_skipped.append(skipped_record(prepared.image_id, prepared.path, found))
+                        continue
+                    finished_batch.append((prepared.image_id, result))
             results.update(finished_batch)
             timer.count(count)
         if store is not None and (finished_batch or batch_skipped):
@@ -163,6 +187,8 @@ def run_dataset(
         skipped.extend(batch_skipped)
         batch.clear()
         batch_skipped.clear()
+        if non_finite is not None:
+            raise non_finite
 
     bar = tqdm(total=len(items), initial=resumed, desc=description, unit="img", disable=not progress, leave=False)
     with timer.run():

@@ -10,6 +10,7 @@ from deployzoo.compare import LabelMatch, MatchResult, TensorDiff, match_detecti
 from deployzoo.data.loader import BadImage, ImageItem, prepared_images
 from deployzoo.engine import split_outputs
 from deployzoo.errors import BadInputError
+from deployzoo.nonfinite import check_outputs, check_result, describe
 from deployzoo.structures import LabelMap
 
 
@@ -25,11 +26,15 @@ class Agreement:
     # fixture rules allow, so these are reported but judged through the detection matching.
     ranked: tuple[str, ...] = ()
     labels: LabelMatch | None = None  # segmentation models: label maps compared pixel by pixel
+    # Images where either side gave NaN or infinite outputs (deployzoo.nonfinite): they fail the comparison
+    # and are left out of the numbers above. {"image_id", "path", "side", "outputs": {name: counts}, "problem"}
+    non_finite: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         labels_ok = self.labels is None or self.labels.ok
-        return all(d.ok for d in self.outputs if d.name not in self.ranked) and self.detections.ok and labels_ok
+        return (all(d.ok for d in self.outputs if d.name not in self.ranked) and self.detections.ok and labels_ok
+                and not self.non_finite)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +43,7 @@ class Agreement:
             "outputs": [d.to_dict() for d in self.outputs],
             "detections": self.detections.to_dict(),
             **({} if self.labels is None else {"label_maps": self.labels.to_dict()}),
+            "non_finite": self.non_finite,
             "engine": self.engine,
             "reference": self.reference,
             "tolerances": self.tolerances,
@@ -49,6 +55,10 @@ class Agreement:
             verdict = ("yes" if d.ok else "NO") if d.name not in self.ranked else ("yes" if d.ok else "rows swapped (see matching)")
             lines.append(f"| {d.name} | {d.max_abs:.3e} | {d.max_rel:.3e} | {d.tolerance:.0e} | {verdict} |")
         m = self.detections
+        if self.non_finite:
+            lines += ["", f"Non-finite outputs on {len({n['image_id'] for n in self.non_finite})} of {self.images} "
+                          "images (left out of the figures here; the comparison fails):"]
+            lines += [f"- {n['side']}, image {n['image_id']} ({n['path']}): {n['problem']}" for n in self.non_finite]
         if self.labels is not None:
             return "\n".join(lines + ["", self.labels.describe(),
                                        f"Verdict: **{'PASS' if self.ok else 'FAIL'}** over {self.images} images."])
@@ -76,6 +86,7 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
     batch_size = engine.backend.batch_size
     worst: dict[str, TensorDiff] = {}
     pooled_engine, pooled_reference = [], []
+    non_finite: list[dict[str, Any]] = []
     prepared = []
     for p in prepared_images(items, spec.preprocess, workers=0):
         if isinstance(p, BadImage):
@@ -87,13 +98,24 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
         ids = [p.image_id for p in chunk]
         out_e = engine.infer(feeds, ids)
         out_r = _reference_infer(reference, feeds, ids, count)
-        for name in spec.output_names:
-            diff = tensor_diff(name, out_e[name][:count], out_r[name][:count])
+        finite = []  # rows of this chunk where both sides' outputs and results are finite
+        for k, (p, e, r) in enumerate(zip(chunk, split_outputs(out_e, count), split_outputs(out_r, count))):
+            found = {"engine": check_outputs(e, spec.ranked_outputs), "reference": check_outputs(r, spec.ranked_outputs)}
+            if not any(found.values()):
+                with np.errstate(over="ignore", invalid="ignore"):  # overflow is found in the results
+                    result_e, result_r = postprocess(e, p.meta), reference_postprocess(r, p.meta)
+                found = {"engine": check_result(result_e), "reference": check_result(result_r)}
+            if any(found.values()):
+                non_finite += [{"image_id": p.image_id, "path": p.path, "side": side, "problem": describe(f),
+                                "outputs": {x.output: x.to_dict() for x in f}} for side, f in found.items() if f]
+                continue
+            finite.append(k)
+            pooled_engine.append(result_e)
+            pooled_reference.append(result_r)
+        for name in spec.output_names if finite else ():
+            diff = tensor_diff(name, out_e[name][finite], out_r[name][finite])
             if name not in worst or diff.max_rel > worst[name].max_rel:
                 worst[name] = diff
-        for p, e, r in zip(chunk, split_outputs(out_e, count), split_outputs(out_r, count)):
-            pooled_engine.append(postprocess(e, p.meta))
-            pooled_reference.append(reference_postprocess(r, p.meta))
     labels = None
     if pooled_reference and isinstance(pooled_reference[0], LabelMap):
         labels = LabelMatch()
@@ -104,12 +126,13 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
         matches = _match_pooled(pooled_engine, pooled_reference)
     return Agreement(
         images=len(prepared),
-        outputs=[worst[n] for n in spec.output_names],
+        outputs=[worst[n] for n in spec.output_names if n in worst],
         detections=matches,
         engine=engine.describe(),
         reference=reference.describe(),
         ranked=tuple(spec.ranked_outputs),
         labels=labels,
+        non_finite=non_finite,
         tolerances={
             "outputs": "max|engine - reference| <= 1e-4 * max(1, max|reference|)",
             **({"label_maps": "identical except where the reference's top two logits are within 1e-5"}

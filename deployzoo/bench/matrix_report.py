@@ -68,6 +68,8 @@ def _has_stats(cell: dict[str, Any]) -> bool:
 
 def _guard_text(guard: dict[str, Any] | None) -> str:
     """E.g. "mAP -0.30 (tol 0.5), agreement 98.7"; "-" without a guard or a delta."""
+    if guard and guard.get("non_finite"):
+        return f"FAILS: {guard['non_finite'].get('precision', '?')} outputs not finite"
     if not guard or guard.get("delta") is None:
         return "-"
     tol = guard.get("tolerance")

@@ -5,7 +5,6 @@ Everything here takes plain dicts (or objects with ``to_dict()``) so other repor
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from deployzoo import jsonio
 
 # Package -> distributions that provide it (the GPU build of onnxruntime has its own name).
 _VERSIONED = {
@@ -65,34 +66,15 @@ def sweep_table(results: Iterable[Any]) -> str:
     return "\n".join(lines)
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy scalars/arrays, paths and dataclasses are what benchmark results contain.
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
 def to_json(obj: Any) -> str:
-    """Pretty JSON (indent 2) that accepts numpy values, paths and objects with ``to_dict()``."""
-    return json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False)
+    """Strict pretty JSON (indent 2) that accepts numpy values, paths and objects with ``to_dict()``; a
+    non-finite float is written as null and named with its reason under "null_values" (deployzoo.jsonio)."""
+    return jsonio.dumps(obj, indent=2)
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as pretty JSON (parent folders created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_json(obj) + "\n", encoding="utf-8")
-    return path
+def write_json(path: str | Path, obj: Any, reasons: dict[str, str] | None = None) -> Path:
+    """Write ``obj`` as strict, pretty JSON (parent folders created); returns the path. See jsonio.dumps."""
+    return jsonio.write_json(path, obj, reasons=reasons)
 
 
 def _csv_cell(v: Any) -> Any:
@@ -102,7 +84,7 @@ def _csv_cell(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, (dict, list, tuple, np.ndarray)):
-        return json.dumps(v, default=_json_default)
+        return json.dumps(jsonio.to_plain(v), allow_nan=False)  # non-finite values as null
     return v
 
 

@@ -199,5 +199,5 @@ def make_synthetic_coco(root: str | Path, num_images: int = 8, seed: int = 0, sp
         "categories": coco_categories(),
     }
     with open(root / "annotations" / f"instances_{split}.json", "w", encoding="utf-8") as f:
-        json.dump(data, f)
+        json.dump(data, f, allow_nan=False)
     return root
