@@ -265,6 +265,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from deployzoo.pipeline import artifact_name, export_model
     from deployzoo.registry import get_spec
 
+    if args.e2e:
+        return _bench_e2e(args)
+    args.warmup = 3 if args.warmup is None else args.warmup
     out = Path(args.out or "runs/bench")
     target = args.model
     loaded = None
@@ -308,6 +311,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     write_csv(out / f"{stem}.csv", [_bench_row(spec.name, r) for r in results])
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.csv')}")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _bench_e2e(args: argparse.Namespace) -> int:
+    """``bench --e2e``: the whole chain per image, engines interleaved, against eager PyTorch fp32."""
+    from deployzoo.bench.e2e import bench_e2e
+    from deployzoo.bench.report import write_json
+    from deployzoo.data.loader import ImageItem, items_from_paths
+    from deployzoo.engine import load_model
+    from deployzoo.registry import get_spec
+
+    spec = get_spec(args.model)
+    out = Path(args.out or f"runs/bench-e2e-{spec.name}")
+    backends, precisions = _name_list(args.backends), _name_list(args.precisions)
+    for b in backends:
+        if b not in BACKENDS:
+            raise DeployzooError(f"unknown backend '{b}'; available: {', '.join(BACKENDS)}")
+    if args.images:
+        items = items_from_paths(args.images)
+        note = f"{len(items)} image file(s) given on the command line"
+    else:
+        root = spec.evaluation.make_synthetic(out / "synthetic-data", num_images=args.num_images, seed=0)
+        dataset = spec.evaluation.open(root)
+        items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[: args.num_images]]
+        note = (f"no --images given: {len(items)} generated synthetic images in the {spec.evaluation.dataset_name} "
+                f"layout ({root}), at the dataset's usual image sizes")
+    print(f"note: {note}")
+    loaded = load_model(spec, args.checkpoint)
+    _print_weights(loaded, args.verbose)
+    result = bench_e2e(spec, loaded, items, backends, precisions, out, repeats=args.repeats,
+                       warmup=1 if args.warmup is None else args.warmup, threads=args.threads, device=args.device,
+                       image_note=note)
+    print(result.table())
+    for row in result.rows():
+        if row["status"] == "failed":
+            print(f"warning: {row['engine']} failed: {row['error']}")
+    stem = f"e2e-{spec.name}"
+    write_json(out / f"{stem}.json", result.to_dict() | {"weights": loaded.weights})
+    (out / f"{stem}.md").write_text(result.markdown() + f"\nWeights: {loaded.weights}.\n")
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+    return 0 if all(r["status"] != "failed" for r in result.rows()) else 1
 
 
 def _bench_row(model: str, r) -> dict:
@@ -505,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint")
     p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
     p.add_argument("--batch", type=_batch_list, default=[1, 4, 8])
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 3); with --e2e, passes (default 1)")
     p.add_argument("--iters", type=int, default=10, help="at least this many timed iterations")
     p.add_argument("--min-seconds", type=float, default=5.0, help="and at least this long")
     p.add_argument("--threads", type=int, default=0)
@@ -514,6 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--no-native", dest="native", action="store_false",
                    help="skip timing the backend's own run loop (ONNX Runtime, OpenVINO) for the overhead ratio")
+    p.add_argument("--e2e", action="store_true",
+                   help="end to end per image on real files (decode, preprocess, model, post-process), the engines of "
+                        "--backends x --precisions interleaved, each against eager PyTorch fp32")
+    p.add_argument("--backends", default="pytorch,onnxruntime,openvino", help="--e2e: comma-separated backends")
+    p.add_argument("--precisions", default="fp32", help="--e2e: comma-separated precisions (fp32, fp16, bf16)")
+    p.add_argument("--images", nargs="+", help="--e2e: image files (default: generated images of the model's dataset)")
+    p.add_argument("--num-images", type=int, default=4, help="--e2e: generated images when no --images")
+    p.add_argument("--repeats", type=int, default=3, help="--e2e: interleaved timed passes per engine")
     _add_precision_args(p)
     p.set_defaults(func=cmd_bench)
 

@@ -134,6 +134,7 @@ class StageTimer:
     seconds: dict[str, float] = field(default_factory=dict)
     items: int = 0
     wall_s: float | None = None
+    startup_s: float | None = None  # set by ``started()``: wall time before the first image was ready
     _t0: float | None = field(default=None, repr=False)
 
     def add(self, stage: str, seconds: float) -> None:
@@ -155,6 +156,15 @@ class StageTimer:
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
+
+    def started(self) -> None:
+        """The pipeline is running (its first image is ready): the end-to-end clock restarts here and the
+        time before it (worker processes starting) is kept apart as ``startup_s``, so the end-to-end rate
+        is the steady one, whatever the number of images."""
+        if self._t0 is not None and self.startup_s is None:
+            now = time.perf_counter()
+            self.startup_s = now - self._t0
+            self._t0 = now
 
     def stop(self) -> float:
         """Stop the end-to-end clock; returns the wall seconds since ``start()``."""
@@ -205,13 +215,17 @@ class StageTimer:
             ips = "-" if r["images_per_s"] is None else f"{r['images_per_s']:.1f}"
             lines.append(f"| {r['stage']} | {r['seconds']:.3f} | {ms} | {ips} |")
         lines.append("")
-        lines.append(f"{self.items} images; end to end is wall clock of the whole run (stages may overlap in workers).")
+        note = f"{self.items} images; end to end is wall clock of the whole run (stages may overlap in workers)"
+        if self.startup_s is not None:
+            note += f", from the first prepared image on ({self.startup_s:.2f} s of start-up before it not counted)"
+        lines.append(note + ".")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "items": self.items,
             "wall_s": self.wall_s,
+            "startup_s": self.startup_s,
             "stages": {s: self.seconds[s] for s in self._ordered_stages()},
             "rows": self.rows(),
         }
