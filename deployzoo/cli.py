@@ -40,11 +40,24 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
 
 def _add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=list(PRECISION_CHOICES),
-                   help="fp16/bf16 engines are checked by the accuracy guard (metric vs fp32 on a sample, delta "
-                        "reported); auto keeps fp16 only where the guard holds")
+                   help="fp16/bf16/int8 engines are checked by the accuracy guard (metric vs fp32 on a sample, "
+                        "delta reported); auto measures each precision's speed and guard here, keeps the fastest "
+                        "whose guard holds and prints the table")
     p.add_argument("--guard-images", type=int, default=8, help="images the accuracy guard evaluates")
     p.add_argument("--guard-tolerance", type=float, default=0.5, help="largest metric drop (points) the guard allows")
     p.add_argument("--guard-data", help="dataset for the guard (default: the command's --data, else a synthetic set)")
+    p.add_argument("--auto-precisions", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+                   help="the candidates --precision auto measures (default: all the backend offers here)")
+    p.add_argument("--calibration-data", help="int8 calibration dataset (default: the command's --data, else a "
+                                              "generated synthetic set, which it says)")
+    p.add_argument("--calibration-images", type=int, default=16, help="images int8 calibration uses (the first N)")
+
+
+def _calibration(args: argparse.Namespace, data=None):
+    """int8's calibration images: --calibration-data, else the command's --data, else generated (None)."""
+    from deployzoo.backends.openvino_int8 import Calibration
+
+    return Calibration(getattr(args, "calibration_data", None) or data, getattr(args, "calibration_images", 16))
 
 
 def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, loaded=None, onnx=None,
@@ -66,15 +79,25 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
         data_root = spec.evaluation.make_synthetic(out / "guard-data", num_images=args.guard_images)
         print(f"note: the accuracy guard runs on {args.guard_images} generated synthetic images ({data_root})")
 
-    def guard(precision: str):
-        def engine(p: str):
-            device = "cpu" if backend in ONNX_BACKENDS else getattr(args, "device", "cpu")
-            return open_engine(spec, backend, 1, onnx_path=onnx, work_dir=out, threads=args.threads, loaded=loaded,
-                               precision=p, device=device)
+    def engine(p: str):
+        device = "cpu" if backend in ONNX_BACKENDS else getattr(args, "device", "cpu")
+        return open_engine(spec, backend, 1, onnx_path=onnx, work_dir=out, threads=args.threads, loaded=loaded,
+                           precision=p, device=device, calibration=_calibration(args, data))
 
-        return run_guard(spec, engine, precision, data_root, out / "guard", num_images=args.guard_images,
+    def guard(precision: str, opener=engine):
+        return run_guard(spec, opener, precision, data_root, out / "guard", num_images=args.guard_images,
                          tolerance=args.guard_tolerance)
 
+    if args.precision == "auto":
+        from deployzoo.bench.report import write_json
+        from deployzoo.precision_auto import auto_candidates, choose_precision
+
+        candidates, notes = auto_candidates(backend, args.auto_precisions)
+        choice = choose_precision(backend, candidates, engine, guard, spec.make_example_inputs(1), notes)
+        write_json(out / "precision-auto.json", choice.to_dict())
+        print(f"wrote {out / 'precision-auto.json'}")
+        chosen_guard = choice.guard
+        return choice.chosen, {**(chosen_guard.to_dict() if chosen_guard else {}), "auto": choice.to_dict()}
     precision, result = resolve_precision(args.precision, backend, guard)
     if result is not None and not result.holds and args.precision != "auto":
         print(f"warning: {precision} was asked for and is kept, but its accuracy guard does not hold")
@@ -186,7 +209,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     precision, _ = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx)
     engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
-                         precision=precision)
+                         precision=precision, calibration=_calibration(args))
     if engine.loaded is not None:
         _print_weights(engine.loaded, args.verbose)
     failed: list[dict[str, str]] = []  # images whose header was fine but whose data does not decode
@@ -223,14 +246,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _checked_onnx(args.onnx, spec, "eval")
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
-                             precision=precision)
+                             precision=precision, calibration=_calibration(args, args.data))
         if engine.loaded is not None:
             _print_weights(engine.loaded, args.verbose)
         infer = engine.infer
         fingerprint = {"model": spec.name, "backend": args.backend, "precision": precision, "weights": engine.weights,
                        "checkpoint": fingerprint_file(args.checkpoint), "onnx": fingerprint_file(engine.onnx_path)}
-        if guard is not None:
-            fingerprint["accuracy_guard"] = guard
+        if guard is not None:  # auto's timings vary from run to run: they stay out of what --resume compares
+            fingerprint["accuracy_guard"] = {k: v for k, v in guard.items() if k != "auto"}
         describe = engine.describe()
     outcome = evaluate_dataset(spec, args.data, infer, args.batch, out, fingerprint, protocol=args.protocol,
                                resume=args.resume, skip_bad=args.skip_bad, workers=args.workers, limit=args.limit,
@@ -291,7 +314,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def make(batch: int):
         model = loaded.model if loaded is not None else None
         return make_backend(args.backend, spec, batch, onnx_path=onnx_files.get(batch), model=model, threads=args.threads,
-                            precision=precision, cache_dir=out / "engines", device=args.device)
+                            precision=precision, cache_dir=out / "engines", device=args.device,
+                            calibration=_calibration(args, args.data))
 
     results = bench_sweep(make, args.batch, inputs_for=spec.make_example_inputs, warmup=args.warmup, min_iters=args.iters,
                           min_seconds=args.min_seconds, native=args.native)
@@ -377,7 +401,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _print_weights(loaded, args.verbose)
     precision, _ = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=args.onnx, data=args.data)
     engine = open_engine(spec, args.backend, args.batch, onnx_path=args.onnx, work_dir=out, threads=args.threads,
-                         loaded=loaded, precision=precision)
+                         loaded=loaded, precision=precision, calibration=_calibration(args, args.data))
     reference = open_engine(spec, "pytorch", 1, loaded=loaded)
     items = _compare_items(spec, args, out, checked)
     agreement = compare_engines(engine, reference, items)
@@ -597,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "matrix", help="benchmark models x backends x precisions x batch sizes; resumable")
     p.add_argument("--models", default="all", help="comma-separated registry names, or 'all' (the whole zoo)")
     p.add_argument("--backends", default="onnxruntime,openvino,pytorch", help=f"comma-separated, of {', '.join(BACKENDS)}")
-    p.add_argument("--precisions", default="fp32,fp16", help="comma-separated, of fp32, fp16, bf16")
+    p.add_argument("--precisions", default="fp32,fp16", help="comma-separated, of fp32, fp16, bf16, int8")
     p.add_argument("--batch", type=_batch_list, default=[1, 4])
     p.add_argument("--out", required=True, help="results folder; finished cells there are kept and reused")
     p.add_argument("--fresh", action="store_true", help="measure every cell again instead of resuming")

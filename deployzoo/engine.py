@@ -73,12 +73,16 @@ def make_backend(
     precision: str = "fp32",
     device: str = "cpu",
     cache_dir: str | Path | None = None,
+    calibration=None,
 ) -> Backend:
     """A loaded engine by command-line name. ONNX backends need ``onnx_path``; the PyTorch ones need ``model``.
 
     ``precision`` must be one the backend offers (deployzoo.precision); ``auto`` is resolved by the caller.
     ``cache_dir``: where compiled artifacts are kept (OpenVINO IR, AOTInductor packages).
     ``device`` applies to the PyTorch backends ("cpu", "cuda").
+    ``calibration`` (backends.openvino_int8.Calibration) gives OpenVINO int8 its calibration images; None: a
+    generated synthetic set (said so). The quantized IR is kept in ``int8/`` beside the ONNX (one place for every
+    caller, so the guard's engine and the measured one are the same file).
     """
     from deployzoo.backends import BACKENDS
     from deployzoo.precision import check_precision
@@ -95,6 +99,11 @@ def make_backend(
     if name == "openvino":
         from deployzoo.backends.openvino_backend import OpenVINOBackend
 
+        if precision == "int8":
+            from deployzoo.backends.openvino_int8 import quantized_ir
+
+            ir = quantized_ir(spec, onnx_path, Path(onnx_path).parent / "int8", calibration)
+            return OpenVINOBackend(ir, batch_size=batch_size, threads=threads, precision=precision)
         return OpenVINOBackend(onnx_path, batch_size=batch_size, threads=threads, precision=precision, ir_cache=cache_dir)
     if model is None:
         raise DeployzooError(f"the {name} backend needs the model (a checkpoint or stand-in weights)")

@@ -54,8 +54,10 @@ def open_engine(
     loaded: LoadedModel | None = None,
     precision: str = "fp32",
     device: str = "cpu",
+    calibration=None,
 ) -> Engine:
-    """Engine for ``backend`` at ``batch_size`` and ``precision`` (fp32, fp16 or bf16; see resolve_precision for auto).
+    """Engine for ``backend`` at ``batch_size`` and ``precision`` (fp32, fp16, bf16 or int8; see resolve_precision
+    for auto). ``calibration``: int8's calibration images (engine.make_backend).
 
     ONNX backends run ``onnx_path`` if given, else export the model (from ``checkpoint`` or stand-in weights)
     to ``work_dir`` at a fixed batch first. The PyTorch backends run the model itself; AOTInductor packages
@@ -73,7 +75,7 @@ def open_engine(
     # AOTInductor packages must live somewhere; OpenVINO reads the ONNX directly unless a cache is asked for.
     cache_dir = Path(work_dir) / "engines" if backend == "pytorch-aoti" else None
     engine_backend = make_backend(backend, spec, batch_size, onnx_path=onnx_path, model=model, threads=threads,
-                                  precision=precision, device=device, cache_dir=cache_dir)
+                                  precision=precision, device=device, cache_dir=cache_dir, calibration=calibration)
     return Engine(spec, engine_backend, loaded, Path(onnx_path) if onnx_path else None, weights)
 
 

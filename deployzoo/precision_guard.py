@@ -2,7 +2,8 @@
 
 Both engines (the same backend, fp32 and the candidate precision) are evaluated on the same first N images
 of the dataset, through the same pre- and post-processing; the guard holds when the candidate's metric is at
-most ``tolerance`` points below fp32's. ``auto`` precision keeps fp16 only where the guard holds.
+most ``tolerance`` points below fp32's. ``auto`` (deployzoo.precision_auto) keeps the fastest precision whose
+guard holds.
 
 The guard also reports the candidate's agreement with fp32: the same metric with fp32's own predictions as
 the ground truth (100 = identical). It does not need labels, so it still says something where the labelled
@@ -20,7 +21,6 @@ from typing import Any
 
 from deployzoo.nonfinite import NonFiniteOutputError
 from deployzoo.pipeline import Engine, EvalOutcome, evaluate_dataset
-from deployzoo.precision import supports
 from deployzoo.registry import ModelSpec
 
 DEFAULT_TOLERANCE = 0.5  # metric points (AP, mAP, mIoU are in percent)
@@ -115,21 +115,13 @@ def run_guard(spec: ModelSpec, open_engine: Callable[[str], Engine], precision: 
 
 def resolve_precision(requested: str, backend: str, guard: Callable[[str], GuardResult],
                       say: Callable[[str], None] = print) -> tuple[str, GuardResult | None]:
-    """The precision to run: ``requested`` as it is, or for ``auto`` fp16 where the backend offers it and
-    ``guard("fp16")`` holds, else fp32. Reduced precisions asked for by name are guarded too, and reported.
-    Says what it chose and why.
+    """The precision to run when asked for by name: kept as it is (no flipping behind the user's back); below
+    fp32 the guard runs and is reported. ``auto`` is measured: deployzoo.precision_auto.choose_precision.
     """
     if requested == "fp32":
         return "fp32", None
-    if requested != "auto":
-        result = guard(requested)
-        say(result.describe())
-        return requested, result
-    if not supports(backend, "fp16"):
-        say(f"precision auto: fp32 ({backend} offers no fp16 here)")
-        return "fp32", None
-    result = guard("fp16")
+    if requested == "auto":
+        raise ValueError("precision auto is measured by deployzoo.precision_auto.choose_precision")
+    result = guard(requested)
     say(result.describe())
-    chosen = "fp16" if result.holds else "fp32"
-    say(f"precision auto: {chosen} for {backend}")
-    return chosen, result
+    return requested, result

@@ -19,7 +19,7 @@ def test_precision_support_table():
     with pytest.raises(UnsupportedPrecision, match="onnxruntime cannot run fp16"):
         check_precision("onnxruntime", "fp16")
     with pytest.raises(DeployzooError, match="precision must be one of"):
-        check_precision("pytorch", "int8")
+        check_precision("pytorch", "int4")
 
 
 def test_artifact_names_carry_precision(refinedet_spec):
@@ -61,14 +61,11 @@ def test_guard_verdict_is_a_drop_within_tolerance():
     assert "delta +0.00" in _guard(40.0, 39.999).describe()  # no "-0.00" for a drop that rounds away
 
 
-def test_auto_keeps_fp16_only_where_the_guard_holds():
+def test_named_precision_is_kept_and_guarded():
     said: list[str] = []
-    chosen, result = resolve_precision("auto", "pytorch", lambda p: _guard(40.0, 39.9), said.append)
-    assert chosen == "fp16" and result.holds and "precision auto: fp16 for pytorch" in said
-    chosen, result = resolve_precision("auto", "pytorch", lambda p: _guard(40.0, 30.0), said.append)
-    assert chosen == "fp32" and not result.holds
-    chosen, result = resolve_precision("auto", "onnxruntime", lambda p: pytest.fail("no guard without fp16"), said.append)
-    assert chosen == "fp32" and result is None and "offers no fp16" in said[-1]
+    assert resolve_precision("fp32", "pytorch", lambda p: pytest.fail("fp32 needs no guard"), said.append) == ("fp32", None)
+    with pytest.raises(ValueError, match="precision_auto"):  # auto is measured (tests/test_low_precision.py)
+        resolve_precision("auto", "pytorch", lambda p: _guard(40.0, 39.9), said.append)
     # Asked for by name: kept (no flipping behind the user's back) and still guarded.
     chosen, result = resolve_precision("fp16", "pytorch", lambda p: _guard(40.0, 30.0), said.append)
     assert chosen == "fp16" and not result.holds
@@ -99,10 +96,11 @@ def test_cli_unsupported_precision_is_a_clear_error(tmp_path, capsys):
 
 def test_cli_eval_auto_says_what_it_chose(tmp_path, capsys, refinedet_checkpoint, synthetic_voc):
     code = main(["eval", "refinedet320-vgg16-voc", "--checkpoint", str(refinedet_checkpoint), "--backend", "pytorch",
-                 "--data", str(synthetic_voc), "--precision", "auto", "--guard-images", "2", "--limit", "2",
-                 "--batch", "2", "--workers", "0", "--out", str(tmp_path / "eval")])
+                 "--data", str(synthetic_voc), "--precision", "auto", "--auto-precisions", "bf16", "--guard-images", "2",
+                 "--limit", "2", "--batch", "2", "--workers", "0", "--out", str(tmp_path / "eval")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "accuracy guard" in out and "precision auto: " in out
-    chosen = "fp16" if "precision auto: fp16" in out else "fp32"
-    assert f"pytorch, {chosen}, batch 2" in out
+    assert "accuracy guard" in out and "precision auto for pytorch" in out and "| bf16 |" in out
+    chosen = out.split("precision auto: ")[1].split()[0]
+    assert chosen in ("fp32", "bf16") and f"pytorch, {chosen}, batch 2" in out
+    assert (tmp_path / "eval" / "precision-auto.json").is_file()

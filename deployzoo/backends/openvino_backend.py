@@ -13,7 +13,27 @@ from deployzoo.errors import BadInputError, DeployzooError
 HINTS = ("latency", "throughput")
 # OpenVINO's CPU plugin computes in bf16 by default on CPUs that have it (AMX, AVX512-BF16): an fp32
 # engine must ask for f32 explicitly, or its numbers silently stop matching the other backends.
-_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+# int8 engines are IR quantized by NNCF (backends/openvino_int8.py): the quantized convolutions run in int8,
+# everything NNCF left alone stays f32.
+_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+# The CPU plugin's OPTIMIZATION_CAPABILITIES entry each precision needs natively: without it the plugin
+# ignores the hint or emulates, and the engine would not be what its name says.
+_CAPABILITY = {"bf16": "BF16", "int8": "INT8"}
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's CPU OPTIMIZATION_CAPABILITIES on this machine (e.g. FP32, BF16, FP16, INT8)."""
+    return tuple(_import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def precision_refusal(precision: str, capabilities: tuple[str, ...] | None = None) -> str | None:
+    """Why this CPU cannot run ``precision`` natively under OpenVINO, or None when it can."""
+    needed = _CAPABILITY.get(precision)
+    capabilities = cpu_capabilities() if capabilities is None and needed else capabilities
+    if needed and needed not in capabilities:
+        return (f"this CPU has no native {precision} for OpenVINO (its CPU plugin reports "
+                f"{', '.join(capabilities)}; {needed} is missing)")
+    return None
 
 
 def _import_openvino():
@@ -70,7 +90,8 @@ class OpenVINOBackend(Backend):
         batch_size: the batch this engine runs; a graph with a fixed other batch is refused.
         threads: inference threads (0 = OpenVINO's default).
         hint: "latency" (one request, all cores on it) or "throughput" (OpenVINO's streams).
-        precision: "fp32" (f32 forced), "fp16" or "bf16" (the CPU plugin's inference precision hint).
+        precision: "fp32" (f32 forced), "fp16" or "bf16" (the CPU plugin's inference precision hint; refused
+            where the CPU has no native support), or "int8" (``model_path`` is an NNCF-quantized IR).
         ir_cache: a folder to convert the ONNX into IR once (``<stem>-<hash>.xml``) and read it from there.
     """
 
@@ -89,6 +110,11 @@ class OpenVINOBackend(Backend):
         if not model_path.is_file():
             raise BadInputError(model_path, "model file not found")
         core = ov.Core()
+        refusal = precision_refusal(precision, tuple(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+        if refusal:
+            from deployzoo.precision import UnsupportedPrecision
+
+            raise UnsupportedPrecision(f"openvino cannot run {precision}: {refusal}")
         try:
             model = core.read_model(str(self._cached_ir(ov, core, model_path, ir_cache) if ir_cache else model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own text

@@ -1,0 +1,154 @@
+"""int8 post-training quantization for OpenVINO with NNCF (pip extra ``deployzoo[int8]``).
+
+The exported fp32 ONNX is read by OpenVINO, quantized by ``nncf.quantize`` on calibration images that went
+through the model's own preprocessing, and saved as IR next to the other engines; the file is keyed by the
+ONNX file's content, the calibration images and the settings below, so it is built once and reused.
+
+What becomes int8: the inputs and weights of the convolutions (transposed ones too) and matrix products,
+where the time goes.
+Everything else stays fp32 (NNCF's ignored scope, by op type): NonMaxSuppression, TopK, RoIAlign, box
+decoding (elementwise Add/Multiply/Exp/...), softmax/sigmoid, resizes, pooling, concatenations. Those carry
+the detection logic (thresholds, rankings, coordinates), where an 8-bit step would move boxes and reorder
+candidates; none of them costs much time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from deployzoo.errors import BadInputError, DeployzooError
+
+if TYPE_CHECKING:
+    from deployzoo.registry import ModelSpec
+
+DEFAULT_CALIBRATION_IMAGES = 16
+CALIBRATION_SEED = 1  # a generated calibration set differs from the guard's generated set (seed 0)
+# The only op types whose inputs NNCF may quantize: the rest are put in its ignored scope (see the module doc).
+QUANTIZED_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+_STRUCTURAL = {"Parameter", "Constant", "Result", "Convert", "ShapeOf", "Reshape", "Squeeze", "Unsqueeze",
+               "Transpose", "StridedSlice", "Slice", "Broadcast", "Range", "Tile"}
+SETTINGS_VERSION = 1  # bump when the quantization recipe changes (invalidates cached IR)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where the calibration images come from: ``data`` (a dataset in the model's own format; its first
+    ``images`` images) or, when None, a generated synthetic set (said so when it is made)."""
+
+    data: str | Path | None = None
+    images: int = DEFAULT_CALIBRATION_IMAGES
+
+    def __post_init__(self):
+        if self.images < 1:
+            raise DeployzooError(f"calibration needs at least 1 image, got {self.images}")
+
+
+def _import_nncf():
+    try:
+        import nncf
+    except ImportError as exc:
+        raise DeployzooError("int8 quantization needs NNCF: pip install 'deployzoo[int8]'") from exc
+    return nncf
+
+
+def nncf_available() -> bool:
+    try:
+        _import_nncf()
+    except DeployzooError:
+        return False
+    return True
+
+
+def calibration_feeds(spec: ModelSpec, calibration: Calibration, work_dir: str | Path, batch_size: int = 1,
+                      say: Callable[[str], None] = print) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """Graph inputs of the calibration images, ``batch_size`` per feed, and a description of them."""
+    from deployzoo.data.loader import BadImage, ImageItem, prepared_images
+
+    data = calibration.data
+    if data is None:
+        data = spec.evaluation.make_synthetic(Path(work_dir) / f"calibration-data-{spec.name}-{calibration.images}",
+                                              num_images=calibration.images, seed=CALIBRATION_SEED)
+        say(f"note: int8 calibration uses {calibration.images} generated synthetic images ({data}); give --data or "
+            "--calibration-data for images like the ones the model will see")
+        source = "generated synthetic set"
+    else:
+        source = "dataset"
+    dataset = spec.evaluation.open(data)
+    ids = list(dataset.ids[: calibration.images])
+    if not ids:
+        raise BadInputError(data, "no images to calibrate int8 with")
+    items = [ImageItem(i, str(dataset.image_path(i))) for i in ids]
+    arrays, metas = [], []
+    for prepared in prepared_images(items, spec.preprocess, workers=0):
+        if isinstance(prepared, BadImage):
+            raise BadInputError(prepared.path, f"calibration image: {prepared.problem}")
+        arrays.append(prepared.array)
+        metas.append(prepared.meta)
+    feeds = [spec.make_feeds(arrays[i:i + batch_size], metas[i:i + batch_size], batch_size)
+             for i in range(0, len(arrays), batch_size)]
+    described = {"source": source, "data": str(Path(data).resolve()), "images": len(ids), "image_ids": ids}
+    return feeds, described
+
+
+def ignored_types(model) -> list[str]:
+    """Op types of ``model`` NNCF must leave in fp32: every computing type except ``QUANTIZED_TYPES``."""
+    present = {node.get_type_name() for node in model.get_ordered_ops()}
+    return sorted(present - set(QUANTIZED_TYPES) - _STRUCTURAL)
+
+
+def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, calibration: Calibration | None = None,
+                 say: Callable[[str], None] = print) -> Path:
+    """The int8 IR (.xml) of ``onnx_path``, quantized once and kept in ``cache_dir``.
+
+    Calibration feeds hold one image each, or the graph's fixed batch; a dynamic-batch graph's IR serves every
+    batch size. The key hashes the ONNX file, the calibration images (their folder, ids and file contents) and the
+    recipe (NNCF version, op types kept in fp32, number of images), so a change to any of them builds anew.
+    """
+    import openvino as ov
+
+    nncf = _import_nncf()
+    onnx_path, cache_dir = Path(onnx_path), Path(cache_dir)
+    calibration = calibration or Calibration()
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    dims = model.inputs[0].get_partial_shape()
+    batch = dims[0].get_length() if dims.rank.is_static and dims[0].is_static else 1
+    feeds, described = calibration_feeds(spec, calibration, cache_dir, batch_size=batch, say=say)
+    ignored = ignored_types(model)
+    recipe = {"version": SETTINGS_VERSION, "nncf": nncf.__version__, "openvino": ov.__version__,
+              "quantized_types": QUANTIZED_TYPES, "ignored_types": ignored, "subset_size": len(feeds) * batch,
+              "calibration": {**described, "files": _files_digest(spec, described)}}
+    digest = hashlib.sha256(onnx_path.read_bytes())
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    xml = cache_dir / f"{onnx_path.stem.replace('-fp32', '')}-int8-{digest.hexdigest()[:16]}.xml"
+    if xml.is_file():
+        return xml
+    say(f"quantizing {onnx_path.name} to int8 with NNCF {nncf.__version__} on {described['images']} calibration "
+        f"images ({described['source']}); kept in fp32: {', '.join(ignored) or 'nothing'}")
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(logging.WARNING)  # NNCF lists every op it leaves alone at INFO
+    try:
+        quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds),
+                                  ignored_scope=nncf.IgnoredScope(types=ignored, validate=False))
+    finally:
+        log.setLevel(level)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    xml.with_suffix(".json").write_text(json.dumps({"onnx": str(onnx_path), **recipe}, indent=1))
+    return xml
+
+
+def _files_digest(spec: ModelSpec, described: dict) -> str:
+    """A hash of the calibration images' bytes: the same folder with other images is another calibration."""
+    dataset = spec.evaluation.open(described["data"])
+    h = hashlib.sha256()
+    for image_id in described["image_ids"]:
+        h.update(Path(dataset.image_path(image_id)).read_bytes())
+    return h.hexdigest()[:16]
