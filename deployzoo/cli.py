@@ -431,11 +431,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.model)
     if args.data_command == "to-bin":
-        from deployzoo.data.inputs import output_names
+        from deployzoo.data.inputs import check_image_files, output_names
         from deployzoo.pipeline import split_names, write_bins
 
         paths = list(args.images)
         names = output_names(paths)
+        if paths:
+            check_image_files(paths)  # every listed image's header, before any .bin is written
         if args.data:
             checked = _check_data(spec, args.data, limit=args.limit)
             split = split_names(checked.dataset)  # the names `eval --dumps` looks for, whatever --limit is
