@@ -65,7 +65,8 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
     """--precision as given, or auto's choice; below fp32 the accuracy guard runs first and is reported."""
     from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.engine import load_model
-    from deployzoo.pipeline import artifact_name, export_model, open_engine
+    from deployzoo.cache import cached_onnx
+    from deployzoo.pipeline import open_engine
     from deployzoo.precision_guard import run_guard, resolve_precision
 
     if args.precision == "fp32":
@@ -73,7 +74,7 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
     if onnx is None or backend not in ONNX_BACKENDS:  # build the model (and its export) once for both guard engines
         loaded = loaded or load_model(spec, args.checkpoint)
     if onnx is None and backend in ONNX_BACKENDS:
-        onnx = export_model(loaded, out / artifact_name(spec, 1, "fp32", ".onnx"), batch_size=1).path
+        onnx = cached_onnx(loaded, batch_size=1).path
     data_root = args.guard_data or data
     if data_root is None:
         data_root = spec.evaluation.make_synthetic(out / "guard-data", num_images=args.guard_images)
@@ -115,6 +116,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from deployzoo import cache
+
+    if args.cache_command == "list":
+        print(cache.listing())
+        return 0
+    kinds = cache.KINDS if args.kind == "all" else (args.kind,)
+    count, size = cache.clear(kinds)
+    print(f"removed {count} files ({size / 1e6:.1f} MB) from {cache.cache_root()} ({', '.join(kinds)})")
     return 0
 
 
@@ -284,8 +297,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.bench.pure import bench_sweep
     from deployzoo.bench.report import environment, sweep_table, write_csv, write_json
+    from deployzoo.cache import backend_cache_dir, cached_onnx
     from deployzoo.engine import load_model, make_backend
-    from deployzoo.pipeline import artifact_name, export_model
     from deployzoo.registry import get_spec
 
     if args.e2e:
@@ -306,7 +319,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         onnx_files = {}
         if args.backend in ONNX_BACKENDS:
             for b in args.batch:
-                onnx_files[b] = export_model(loaded, out / artifact_name(spec, b, "fp32", ".onnx"), batch_size=b).path
+                onnx_files[b] = cached_onnx(loaded, batch_size=b).path
     precision, guard = _resolve_precision(args, spec, args.backend, out, loaded=loaded,
                                           onnx=onnx_files.get(1) or next(iter(onnx_files.values()), None),
                                           data=args.data)
@@ -314,7 +327,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def make(batch: int):
         model = loaded.model if loaded is not None else None
         return make_backend(args.backend, spec, batch, onnx_path=onnx_files.get(batch), model=model, threads=args.threads,
-                            precision=precision, cache_dir=out / "engines", device=args.device,
+                            precision=precision, cache_dir=backend_cache_dir(args.backend), device=args.device,
                             calibration=_calibration(args, args.data))
 
     results = bench_sweep(make, args.batch, inputs_for=spec.make_example_inputs, warmup=args.warmup, min_iters=args.iters,
@@ -529,6 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
         return subparsers.add_parser(name, parents=[common], **kw)
 
     command(sub, "models", help="list the zoo").set_defaults(func=cmd_models)
+
+    p = command(sub, "cache", help="the engine cache: exported ONNX, OpenVINO IRs, AOTInductor packages "
+                                    "($DEPLOYZOO_CACHE, default ~/.cache/deployzoo)")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    command(cache_sub, "list", help="where the cache is, its entries and sizes").set_defaults(func=cmd_cache)
+    q = command(cache_sub, "clear", help="delete cached engines (they are rebuilt when next needed)")
+    q.add_argument("--kind", default="all", choices=["all", "onnx", "openvino", "int8", "aoti"],
+                   help="only this kind of entry (default: all)")
+    q.set_defaults(func=cmd_cache)
 
     p = command(sub, "export", help="export a model to ONNX")
     p.add_argument("model")

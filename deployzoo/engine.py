@@ -81,7 +81,7 @@ def make_backend(
     ``cache_dir``: where compiled artifacts are kept (OpenVINO IR, AOTInductor packages).
     ``device`` applies to the PyTorch backends ("cpu", "cuda").
     ``calibration`` (backends.openvino_int8.Calibration) gives OpenVINO int8 its calibration images; None: a
-    generated synthetic set (said so). The quantized IR is kept in ``int8/`` beside the ONNX (one place for every
+    generated synthetic set (said so). The quantized IR is kept in the engine cache's ``int8/`` (one place for every
     caller, so the guard's engine and the measured one are the same file).
     """
     from deployzoo.backends import BACKENDS
@@ -102,7 +102,9 @@ def make_backend(
         if precision == "int8":
             from deployzoo.backends.openvino_int8 import quantized_ir
 
-            ir = quantized_ir(spec, onnx_path, Path(onnx_path).parent / "int8", calibration)
+            from deployzoo.cache import kind_dir
+
+            ir = quantized_ir(spec, onnx_path, kind_dir("int8"), calibration)
             return OpenVINOBackend(ir, batch_size=batch_size, threads=threads, precision=precision)
         return OpenVINOBackend(onnx_path, batch_size=batch_size, threads=threads, precision=precision, ir_cache=cache_dir)
     if model is None:

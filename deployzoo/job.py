@@ -9,7 +9,8 @@ from deployzoo.bench.pure import bench_sweep
 from deployzoo.bench.report import environment, sweep_table, write_csv, write_json
 from deployzoo.data.loader import ImageItem
 from deployzoo.engine import load_model, make_backend
-from deployzoo.pipeline import artifact_name, evaluate_dataset, export_model, fingerprint_file, open_engine
+from deployzoo.cache import cached_onnx
+from deployzoo.pipeline import evaluate_dataset, fingerprint_file, open_engine
 from deployzoo.registry import get_spec
 from deployzoo.verify import compare_engines
 
@@ -58,7 +59,7 @@ def run_main_job(
         _say(n)
 
     _say("[1/5] export to ONNX (dynamic batch)")
-    exported = export_model(loaded, out / artifact_name(spec, None, "fp32", ".onnx"), dynamic_batch=True)
+    exported = cached_onnx(loaded, dynamic_batch=True, say=_say)
 
     _say(f"[2/5] compare ONNX Runtime with PyTorch on {compare_images} images")
     engine = open_engine(spec, "onnxruntime", eval_batch, onnx_path=exported.path, threads=threads, loaded=loaded)

@@ -29,7 +29,8 @@ from deployzoo.backends import ONNX_BACKENDS
 from deployzoo.bench.pure import bench_pure
 from deployzoo.engine import LoadedModel, load_model, make_backend
 from deployzoo.errors import DeployzooError
-from deployzoo.pipeline import artifact_name, export_model, open_engine
+from deployzoo.cache import backend_cache_dir, cached_onnx
+from deployzoo.pipeline import open_engine
 from deployzoo.precision import supports
 from deployzoo.precision_guard import (
     DEFAULT_IMAGES,
@@ -198,7 +199,7 @@ class Matrix:
         spec = state.spec
         try:
             engine = make_backend(backend, spec, batch, onnx_path=state.onnx, model=self._model(state, backend),
-                                  threads=self.settings.threads, precision=precision, cache_dir=self.out / "engines",
+                                  threads=self.settings.threads, precision=precision, cache_dir=backend_cache_dir(backend),
                                   device=self._device(backend))
         except DeployzooError as exc:
             if backend == "pytorch-aoti" and "torch.export failed" in str(exc):
@@ -228,9 +229,8 @@ class Matrix:
         if state.export_error is not None:
             raise _CellEnd("export failed", state.export_error)
         if state.onnx is None:
-            path = self.out / "engines" / artifact_name(state.spec, None, "fp32", ".onnx")
-            try:
-                state.onnx = path if self.resume and path.is_file() else export_model(state.loaded, path, dynamic_batch=True).path
+            try:  # the engine cache keeps it between runs (deployzoo.cache)
+                state.onnx = cached_onnx(state.loaded, dynamic_batch=True, say=self.say).path
             except Exception as exc:
                 state.export_error = _one_line(exc)
                 raise _CellEnd("export failed", state.export_error) from None

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from deployzoo.backends.base import Backend
+from deployzoo.cache import cached_onnx, kind_dir
 from deployzoo.bench.report import write_json
 from deployzoo.data.loader import ImageItem, items_from_paths
 from deployzoo.engine import LoadedModel, load_model, make_backend
@@ -59,24 +60,34 @@ def open_engine(
     """Engine for ``backend`` at ``batch_size`` and ``precision`` (fp32, fp16, bf16 or int8; see resolve_precision
     for auto). ``calibration``: int8's calibration images (engine.make_backend).
 
-    ONNX backends run ``onnx_path`` if given, else export the model (from ``checkpoint`` or stand-in weights)
-    to ``work_dir`` at a fixed batch first. The PyTorch backends run the model itself; AOTInductor packages
-    are cached in ``work_dir/engines``.
+    ONNX backends run ``onnx_path`` if given, else the model (from ``checkpoint`` or stand-in weights) exported
+    at a fixed batch into the engine cache (deployzoo.cache; reused when there). The PyTorch backends run the
+    model itself; AOTInductor packages are kept in the engine cache too. ``work_dir`` is no longer written.
     """
     from deployzoo.backends import ONNX_BACKENDS
 
     if backend not in ONNX_BACKENDS or onnx_path is None:
         loaded = loaded or load_model(spec, checkpoint)
     if backend in ONNX_BACKENDS and onnx_path is None:
-        onnx_path = Path(work_dir) / artifact_name(spec, batch_size, "fp32", ".onnx")  # the graph is fp32
-        export_model(loaded, onnx_path, batch_size=batch_size)
+        onnx_path = cached_onnx(loaded, batch_size=batch_size).path  # the graph is fp32
     model = loaded.model if loaded is not None and backend not in ONNX_BACKENDS else None
-    weights = loaded.weights if loaded is not None else f"from {onnx_path}"
+    weights = loaded.weights if loaded is not None else onnx_weights_note(onnx_path)
     # AOTInductor packages must live somewhere; OpenVINO reads the ONNX directly unless a cache is asked for.
-    cache_dir = Path(work_dir) / "engines" if backend == "pytorch-aoti" else None
+    cache_dir = kind_dir("aoti") if backend == "pytorch-aoti" else None
     engine_backend = make_backend(backend, spec, batch_size, onnx_path=onnx_path, model=model, threads=threads,
                                   precision=precision, device=device, cache_dir=cache_dir, calibration=calibration)
     return Engine(spec, engine_backend, loaded, Path(onnx_path) if onnx_path else None, weights)
+
+
+def onnx_weights_note(onnx_path: str | Path) -> str:
+    """What weights a given .onnx holds, from its metadata: stand-in weights are said so (issue 18 item 5)."""
+    from deployzoo.export.onnx_export import inspect_onnx_file
+
+    info = inspect_onnx_file(onnx_path)
+    if info.stand_in:
+        return (f"from {onnx_path}, exported from stand-in weights: outputs and accuracy are NOT those of the "
+                f"trained model")
+    return f"from {onnx_path}" + (f" (exported from {info.weights})" if info.weights else "")
 
 
 def artifact_name(spec: ModelSpec, batch_size: int | None, precision: str, suffix: str) -> str:

@@ -259,7 +259,8 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
     """The yardstick (eager PyTorch fp32, first) and every backend x precision asked for, opened at batch 1.
     A combination the backend does not offer, or that fails to open, becomes a row with its reason."""
     from deployzoo.backends import ONNX_BACKENDS
-    from deployzoo.pipeline import artifact_name, export_model, open_engine
+    from deployzoo.cache import cached_onnx
+    from deployzoo.pipeline import open_engine
     from deployzoo.precision import check_precision
 
     wanted = [YARDSTICK] + [(b, p) for b in backends for p in precisions if (b, p) != YARDSTICK]
@@ -271,7 +272,7 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
         try:
             check_precision(backend, precision)
             if backend in ONNX_BACKENDS and onnx_path is None:
-                onnx_path = export_model(loaded, Path(work_dir) / artifact_name(spec, 1, "fp32", ".onnx"), batch_size=1).path
+                onnx_path = cached_onnx(loaded, batch_size=1).path
             run.engine = open_engine(spec, backend, 1, onnx_path=onnx_path if backend in ONNX_BACKENDS else None,
                                      work_dir=work_dir, threads=threads, loaded=loaded, precision=precision,
                                      device="cpu" if (backend, precision) == YARDSTICK else device)
