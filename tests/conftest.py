@@ -223,3 +223,13 @@ def pspnet_labels_loaded(pspnet_checkpoint):
 @pytest.fixture(scope="session")
 def pspnet_labels_onnx(tmp_path_factory, pspnet_labels_loaded) -> Path:
     return _dynamic_export(tmp_path_factory, pspnet_labels_loaded, "pspnet-labels-dyn.onnx")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_cache(tmp_path_factory):
+    """Every test session gets its own engine cache (deployzoo.cache): nothing is read from or left in the user's
+    ~/.cache, and a session never reuses a graph exported by another run's code."""
+    import os
+
+    os.environ["DEPLOYZOO_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield

@@ -16,19 +16,20 @@ def load_or_build(model: torch.nn.Module, args: list[torch.Tensor], cache_dir: P
     The stem must name everything the package depends on (weights, shapes, precision, device, torch version):
     a package found under it is used as it is.
     """
-    package = cache_dir / f"{stem}.pt2"
-    if package.is_file():
-        return package
-    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+    from deployzoo.cache import cached
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None \
+            and not (cache_dir / f"{stem}.pt2").is_file():
         raise DeployzooError("AOTInductor compiles C++: no C++ compiler (c++ or g++, or $CXX) found on PATH")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode(False), torch.no_grad():
-        try:
-            exported = torch.export.export(model, tuple(args))
-        except Exception as exc:  # torch.export's errors name the unsupported construct
-            raise DeployzooError(f"torch.export failed for {stem}: {type(exc).__name__}: {exc}") from exc
-        partial = cache_dir / f"{stem}.partial.pt2"
-        # Written under another name and renamed: an interrupted build never leaves a package that looks whole.
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
-    partial.replace(package)
-    return package
+
+    def build(tmp: Path) -> None:
+        with torch.inference_mode(False), torch.no_grad():
+            try:
+                exported = torch.export.export(model, tuple(args))
+            except Exception as exc:  # torch.export's errors name the unsupported construct
+                raise DeployzooError(f"torch.export failed for {stem}: {type(exc).__name__}: {exc}") from exc
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / f"{stem}.pt2"))
+
+    # An engine-cache entry (deployzoo.cache): built in a temporary folder and renamed, so an interrupted build
+    # never leaves a package that looks whole; checked (size, digest) before reuse.
+    return cached(cache_dir, stem, [".pt2"], build, {"torch": torch.__version__}, what="AOTInductor package")

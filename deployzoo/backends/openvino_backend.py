@@ -143,13 +143,19 @@ class OpenVINOBackend(Backend):
 
     @staticmethod
     def _cached_ir(ov, core, onnx_path: Path, folder: str | Path) -> Path:
-        """Convert once to IR in ``folder``, keyed by the ONNX file's content hash."""
-        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
-        xml = Path(folder) / f"{onnx_path.stem}-{digest}.xml"
-        if not xml.is_file():
-            xml.parent.mkdir(parents=True, exist_ok=True)
-            ov.save_model(core.read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-        return xml
+        """Convert once to IR in ``folder`` (an engine-cache folder: checked before reuse, written atomically),
+        keyed by the ONNX file's content hash and the OpenVINO version."""
+        from deployzoo.cache import cached
+
+        digest = hashlib.sha256(onnx_path.read_bytes())
+        digest.update(ov.__version__.encode())
+        stem = f"{onnx_path.stem}-{digest.hexdigest()[:16]}"
+
+        def build(tmp: Path) -> None:
+            ov.save_model(core.read_model(str(onnx_path)), str(tmp / f"{stem}.xml"), compress_to_fp16=False)
+
+        return cached(folder, stem, [".xml", ".bin"], build, {"onnx": str(onnx_path), "openvino": ov.__version__},
+                      what="OpenVINO IR")
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_inputs(inputs)

@@ -112,6 +112,8 @@ def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, 
     """
     import openvino as ov
 
+    from deployzoo.cache import cached
+
     nncf = _import_nncf()
     onnx_path, cache_dir = Path(onnx_path), Path(cache_dir)
     calibration = calibration or Calibration()
@@ -126,9 +128,19 @@ def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, 
               "calibration": {**described, "files": _files_digest(spec, described)}}
     digest = hashlib.sha256(onnx_path.read_bytes())
     digest.update(json.dumps(recipe, sort_keys=True).encode())
-    xml = cache_dir / f"{onnx_path.stem.replace('-fp32', '')}-int8-{digest.hexdigest()[:16]}.xml"
-    if xml.is_file():
-        return xml
+    stem = f"{onnx_path.stem.replace('-fp32', '')}-int8-{digest.hexdigest()[:16]}"
+
+    def build(tmp: Path) -> None:
+        ov.save_model(_quantize(nncf, model, feeds, ignored, onnx_path, described, say), str(tmp / f"{stem}.xml"),
+                      compress_to_fp16=False)
+        (tmp / f"{stem}.json").write_text(json.dumps({"onnx": str(onnx_path), **recipe}, indent=1))
+
+    # An engine-cache entry: checked before reuse, written atomically (deployzoo.cache).
+    return cached(cache_dir, stem, [".xml", ".bin", ".json"], build, {"onnx": str(onnx_path), "recipe": recipe},
+                  say=say, what="int8 IR")
+
+
+def _quantize(nncf, model, feeds, ignored, onnx_path: Path, described: dict, say: Callable[[str], None]):
     say(f"quantizing {onnx_path.name} to int8 with NNCF {nncf.__version__} on {described['images']} calibration "
         f"images ({described['source']}); kept in fp32: {', '.join(ignored) or 'nothing'}")
     log = logging.getLogger("nncf")
@@ -139,10 +151,7 @@ def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, 
                                   ignored_scope=nncf.IgnoredScope(types=ignored, validate=False))
     finally:
         log.setLevel(level)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(xml), compress_to_fp16=False)
-    xml.with_suffix(".json").write_text(json.dumps({"onnx": str(onnx_path), **recipe}, indent=1))
-    return xml
+    return quantized
 
 
 def _files_digest(spec: ModelSpec, described: dict) -> str:
