@@ -134,9 +134,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from deployzoo.engine import load_model
     from deployzoo.pipeline import export_model
-    from deployzoo.registry import get_spec
 
-    spec = get_spec(_with_output(args.model, args.output))
+    spec = _spec(args, _with_output(args.model, args.output))
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
     result = export_model(loaded, args.out, batch_size=args.batch, dynamic_batch=args.dynamic_batch)
@@ -207,11 +206,10 @@ def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
 def cmd_predict(args: argparse.Namespace) -> int:
     from deployzoo.pipeline import open_engine, predict_files
     from deployzoo.predictions import write_predictions
-    from deployzoo.registry import get_spec
 
     from deployzoo.data.inputs import check_image_files, output_names
 
-    spec = get_spec(args.model)
+    spec = _spec(args)
     _checked_onnx(args.onnx, spec, "predict")
     # Every input looked at before weights load (seconds, nothing written): each can have its own output
     # names, and each image file's header is readable.
@@ -245,9 +243,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from deployzoo.pipeline import dump_infer, evaluate_dataset, fingerprint_file, open_engine, split_names
-    from deployzoo.registry import get_spec
 
-    spec = get_spec(args.model)
+    spec = _spec(args)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, skip_bad=args.skip_bad, limit=args.limit)
     if args.dumps:
@@ -310,11 +307,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.onnx is not None or target.endswith(".onnx") or Path(target).is_file():
         onnx_path = args.onnx or target  # `bench MODEL --onnx FILE`, or `bench FILE` (its metadata names the model)
         spec = _checked_onnx(onnx_path, None if args.onnx is None else get_spec(target), "bench")
+        spec = _spec(args, spec.name, onnx=onnx_path)
         if args.backend not in ONNX_BACKENDS:
             raise DeployzooError(f"{onnx_path} is an ONNX file: choose --backend {' or '.join(ONNX_BACKENDS)}")
         onnx_files = {b: Path(onnx_path) for b in args.batch}
     else:
-        spec = get_spec(target)
+        spec = _spec(args, target)
         loaded = load_model(spec, args.checkpoint)
         onnx_files = {}
         if args.backend in ONNX_BACKENDS:
@@ -356,9 +354,8 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from deployzoo.bench.report import write_json
     from deployzoo.data.loader import ImageItem, items_from_paths
     from deployzoo.engine import load_model
-    from deployzoo.registry import get_spec
 
-    spec = get_spec(args.model)
+    spec = _spec(args)
     out = Path(args.out or f"runs/bench-e2e-{spec.name}")
     backends, precisions = _name_list(args.backends), _name_list(args.precisions)
     for b in backends:
@@ -402,11 +399,10 @@ def _bench_row(model: str, r) -> dict:
 def cmd_compare(args: argparse.Namespace) -> int:
     from deployzoo.engine import load_model
     from deployzoo.pipeline import open_engine
-    from deployzoo.registry import get_spec
     from deployzoo.verify import compare_engines
     from deployzoo.bench.report import write_json
 
-    spec = get_spec(args.model)
+    spec = _spec(args)
     _checked_onnx(args.onnx, spec, "compare")
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, limit=args.num_images) if args.data and not args.images else None
@@ -440,9 +436,8 @@ def _compare_items(spec, args, out: Path, checked=None):
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from deployzoo.registry import get_spec
 
-    spec = get_spec(args.model)
+    spec = _spec(args)
     if args.data_command == "to-bin":
         from deployzoo.data.inputs import check_image_files, output_names
         from deployzoo.pipeline import split_names, write_bins
@@ -524,7 +519,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              "bench_seconds": args.min_seconds}
     settings = {k: defaults[k] if given[k] is None else given[k] for k in given}
     run_main_job(args.model, out_dir=args.out, checkpoint=args.checkpoint, data=args.data, protocol=args.protocol,
-                 threads=args.threads, workers=args.workers, **settings,
+                 threads=args.threads, workers=args.workers, **settings, **_fine_tune_kwargs(args),
                  **{k: v for k, v in defaults.items() if k not in settings})
     return 0
 
@@ -678,7 +673,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_run)
+    _add_fine_tune_args(sub.choices, data_sub.choices)
     return parser
+
+
+def _add_fine_tune_args(commands: dict, data_commands: dict) -> None:
+    """--classes on every command that builds a model; --annotations / --images DIR (--image-dir) on those
+    that read a dataset: a fine-tuned checkpoint's class names and a COCO-format set outside val2017's layout."""
+    for name, p in [*commands.items(), *data_commands.items()]:
+        if name in ("models", "cache", "data", "score"):
+            continue
+        p.add_argument("--classes", help="class names, comma-separated or a file with one per line (a fine-tuned "
+                                         "model; default: the checkpoint's own, the dataset's, else class_0..)")
+        if name in ("export", "predict", "synthetic"):
+            continue
+        p.add_argument("--annotations", help="COCO-format annotation file when the layout is not "
+                                             "<data>/annotations/instances_val2017.json")
+        taken = any("--images" in a.option_strings for a in p._actions)
+        p.add_argument(*(("--image-dir",) if taken else ("--images", "--image-dir")), dest="image_dir",
+                       help="folder of the --annotations file's images (default <data>/val2017)")
+
+
+def _fine_tune_kwargs(args: argparse.Namespace) -> dict:
+    return {"classes": getattr(args, "classes", None), "annotations": getattr(args, "annotations", None),
+            "image_dir": getattr(args, "image_dir", None)}
+
+
+def _spec(args: argparse.Namespace, name: str | None = None, onnx: str | None = None):
+    """The registry spec of ``name`` (default args.model) for this command's checkpoint (its class count and
+    names), --classes, ONNX file and dataset (deployzoo.fine_tuned.spec_for)."""
+    from deployzoo.fine_tuned import spec_for
+    from deployzoo.registry import get_spec
+
+    return spec_for(get_spec(name or args.model), getattr(args, "checkpoint", None), getattr(args, "classes", None),
+                    onnx=onnx or getattr(args, "onnx", None), data=getattr(args, "data", None),
+                    annotations=getattr(args, "annotations", None), images=getattr(args, "image_dir", None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,22 +31,39 @@ class LoadedModel:
 
 
 def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int = 0) -> LoadedModel:
-    """Build ``spec``'s model and fill it strictly from ``checkpoint`` (or with stand-in weights)."""
-    from deployzoo.checkpoints import load_into_model
-    from deployzoo.checkpoints.safe_load import load_checkpoint
-    from deployzoo.checkpoints.synthetic import synthetic_state_dict
+    """Build ``spec``'s model and fill it strictly from ``checkpoint`` (or with stand-in weights).
 
+    A fine-tuned checkpoint's class count is read from its head tensors (``spec.class_heads``): when it is not
+    ``spec``'s, the model is built for it (``LoadedModel.spec`` is then that variant: names from the
+    checkpoint's meta, else generic; deployzoo.fine_tuned.spec_for resolves names before loading). The
+    mapping report says "N classes, inferred from <tensor> <shape>".
+    """
+    from deployzoo.checkpoints import load_into_model
+    from deployzoo.checkpoints.synthetic import synthetic_state_dict
+    from deployzoo.fine_tuned import read_checkpoint, setup_for_loaded, with_classes
+
+    raw = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if raw is not None:
+        setup = setup_for_loaded(spec, raw)  # None: the spec's own class count
+        if setup is not None:
+            spec = with_classes(spec, setup)
     torch.manual_seed(seed)
     model = spec.build_model()
     if checkpoint is None:
         weights = synthetic_state_dict(model, spec.synthetic_gains, seed=seed, checkpoint_key=spec.checkpoint_key)
         model.load_state_dict(weights, strict=True)
         return LoadedModel(spec, model.eval(), DEFAULT_WEIGHTS_NOTE.format(seed=seed))
-    raw = load_checkpoint(checkpoint)
     try:
         report = load_into_model(model, raw, spec.checkpoint_rules)
     except CheckpointError as exc:
         raise _for_user(exc, spec, raw.tensors, model.state_dict()) from exc
+    if spec.class_names_source != "official":
+        from deployzoo.checkpoints.head_classes import infer_num_classes
+
+        found = infer_num_classes(raw.tensors, spec.class_heads, str(checkpoint))
+        names = ", ".join(spec.class_names[:6]) + (" ..." if len(spec.class_names) > 6 else "")
+        report.classes = (f"{found.describe() if found else f'{len(spec.class_names)} classes'}; "
+                          f"class names from {spec.class_names_source}: {names}")
     return LoadedModel(spec, model.eval(), str(checkpoint), report)
 
 

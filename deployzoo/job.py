@@ -33,10 +33,18 @@ def run_main_job(
     compare_images: int = 4,
     threads: int = 0,
     workers: int = 1,
+    classes: str | Sequence[str] | None = None,
+    annotations: str | Path | None = None,
+    image_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run every stage on one model and write ``report.md`` and ``report.json`` to ``out_dir``."""
+    """Run every stage on one model and write ``report.md`` and ``report.json`` to ``out_dir``.
+
+    ``classes``, ``annotations``, ``image_dir``: a fine-tuned checkpoint's class names and a COCO-format set
+    outside val2017's layout (deployzoo.fine_tuned.spec_for); the synthetic set then has the model's classes."""
+    from deployzoo.fine_tuned import spec_for
+
     t_start = time.perf_counter()
-    spec = get_spec(model_name)
+    spec = spec_for(get_spec(model_name), checkpoint, classes, data=data, annotations=annotations, images=image_dir)
     # A given dataset is checked whole before anything is written, loaded or exported: a bad file fails in seconds.
     checked = spec.evaluation.validate(data) if data is not None else None
     out = Path(out_dir)

@@ -68,6 +68,11 @@ class ModelSpec:
     output_dims: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     # meta -> key: only images with equal keys share a batch (a graph that must not pad, e.g. PSPNet).
     batch_key: Callable[[Any], Any] | None = None
+    # Fine-tuned checkpoints (deployzoo.checkpoints.head_classes): the head tensors whose shapes give the class
+    # count, and num_classes -> this model (same canvas and contract) built for that many classes.
+    class_heads: tuple[Any, ...] = ()
+    class_variant: Callable[[int], "ModelSpec"] | None = None
+    class_names_source: str = "official"  # where class_names come from (checkpoint meta, --classes, dataset ...)
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -119,6 +119,8 @@ class MappingReport:
     source: str
     entries: list[MappingEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # A fine-tuned checkpoint's class count and names: "3 classes, inferred from <tensor> [4, 1024]; ..."
+    classes: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -149,6 +151,8 @@ class MappingReport:
             f"{self.source or 'checkpoint'}: {c['model_tensors']} model tensors from "
             f"{c['checkpoint_tensors']} checkpoint tensors ({', '.join(parts)})"
         )
+        if self.classes:
+            summary += f"\n{self.classes}"
         if not verbose:
             return summary
         lines = [summary, *(f"note: {n}" for n in self.notes)]
@@ -169,6 +173,7 @@ class MappingReport:
             "source": self.source,
             "counts": self.counts,
             "notes": list(self.notes),
+            **({"classes": self.classes} if self.classes else {}),
             "entries": [
                 {
                     "checkpoint_key": e.checkpoint_key,

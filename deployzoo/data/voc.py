@@ -65,11 +65,13 @@ def _number(xml_path: Path, node: ET.Element, tag: str, where: str) -> float:
     return value
 
 
-def parse_voc_xml(xml_path: str | Path, image_id: str | None = None) -> VOCAnnotation:
+def parse_voc_xml(xml_path: str | Path, image_id: str | None = None,
+                  class_names: tuple[str, ...] = VOC_CLASSES) -> VOCAnnotation:
     """Parse one VOC annotation XML file.
 
     A missing ``<difficult>`` counts as 0, as in the VOC devkit. Coordinates written
-    as floats ("273.0") are accepted.
+    as floats ("273.0") are accepted. ``class_names``: the names objects may have (label = index);
+    a VOC-format set of your own gives its own list.
 
     Raises:
         BadInputError: missing file, malformed XML, a missing or non-numeric field, a non-positive
@@ -105,9 +107,10 @@ def parse_voc_xml(xml_path: str | Path, image_id: str | None = None) -> VOCAnnot
         if name_node is None or name_node.text is None or not name_node.text.strip():
             raise BadInputError(xml_path, f"missing <name> in {where}")
         name = name_node.text.strip()
-        if name not in _CLASS_INDEX:
-            raise BadInputError(xml_path, f"unknown class name {name!r} in {where}; "
-                                          f"expected one of the 20 VOC classes")
+        index = _CLASS_INDEX if class_names is VOC_CLASSES else {n: k for k, n in enumerate(class_names)}
+        if name not in index:
+            expected = "the 20 VOC classes" if class_names is VOC_CLASSES else f"{', '.join(class_names)} (--classes)"
+            raise BadInputError(xml_path, f"unknown class name {name!r} in {where}; expected one of {expected}")
         where = f"object[{i}] ({name})"
         bndbox = obj.find("bndbox")
         if bndbox is None:
@@ -117,7 +120,7 @@ def parse_voc_xml(xml_path: str | Path, image_id: str | None = None) -> VOCAnnot
         if problem:
             raise BadInputError(xml_path, f"{where} <bndbox>: {problem}")
         boxes.append(box)
-        labels.append(_CLASS_INDEX[name])
+        labels.append(index[name])
         diff_node = obj.find("difficult")
         if diff_node is None or diff_node.text is None or not diff_node.text.strip():
             difficult.append(False)
@@ -185,9 +188,12 @@ class VOCDetection:
         root: the VOCdevkit directory or the VOC<year> directory itself.
         year: "2007" or "2012".
         split: name of the file in ImageSets/Main without ".txt" ("test", "trainval", ...).
+        class_names: the class list the XML files name objects from (default the 20 VOC classes).
     """
 
-    def __init__(self, root: str | Path, year: str = "2007", split: str = "test"):
+    def __init__(self, root: str | Path, year: str = "2007", split: str = "test",
+                 class_names: tuple[str, ...] = VOC_CLASSES):
+        self.class_names = class_names
         self.year = str(year)
         self.split = split
         self.year_dir = _find_year_dir(Path(root), self.year, split)
@@ -215,4 +221,4 @@ class VOCDetection:
 
     def annotation(self, image_id: str) -> VOCAnnotation:
         """Ground truth of ``image_id`` parsed from its XML file."""
-        return parse_voc_xml(self.annotation_path(image_id), image_id)
+        return parse_voc_xml(self.annotation_path(image_id), image_id, self.class_names)

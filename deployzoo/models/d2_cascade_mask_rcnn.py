@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
+from deployzoo.checkpoints.head_classes import HeadTensor
 from deployzoo.heads.box_head import Shared2FCBoxHead
 from deployzoo.heads.mask_head import FCNMaskHead, detection_mask_probs
 from deployzoo.heads.rpn import TORCHVISION_LOOP_ABOVE, ProposalConfig, ProposalGenerator, RPNHead
@@ -264,11 +266,20 @@ SYNTHETIC_GAINS = (
 )
 
 
-def build_cascade_mask_rcnn() -> CascadeMaskRCNN:
-    return CascadeMaskRCNN().eval()
+def build_cascade_mask_rcnn(num_classes: int = 80) -> CascadeMaskRCNN:
+    return CascadeMaskRCNN(CascadeMaskRCNNConfig(num_classes=num_classes)).eval()
 
 
-def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
+# The class-dependent tensors of a fine-tuned checkpoint (ROI_HEADS.NUM_CLASSES): each stage's classifier
+# [C+1, 1024] (background last) and the class-specific mask predictor [C, 256, 1, 1]. The cascade's box
+# regression is class-agnostic (CLS_AGNOSTIC_BBOX_REG: [4, 1024] whatever C is), so it stays strict.
+CLASS_HEADS = (
+    HeadTensor(r"roi_heads\.box_predictor\.\d+\.cls_score\.(weight|bias)", per=1, extra=1),
+    HeadTensor(r"roi_heads\.mask_head\.predictor\.(weight|bias)", per=1),
+)
+
+
+def make_spec(canvas_hw: tuple[int, int] | None = None, num_classes: int = 80) -> ModelSpec:
     """The registry entry; ``canvas_hw`` gives the fixed-shape variant (not bit-exact: spec §1.4).
 
     ``@1344x1344`` holds every image at its official size (long side <= 1333); smaller canvases shrink the
@@ -280,14 +291,18 @@ def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
         checkpoint_format=("detectron2 model-zoo .pkl: pickle of {'model': {name: ndarray}, '__author__'} "
                            "(Misc/cascade_mask_rcnn_R_50_FPN_3x/144998488/model_final_480dd8.pkl)"),
         published=PublishedFigure("COCO box AP", 44.3, "detectron2 MODEL_ZOO.md (mask AP 38.5), model id 144998488"),
-        build_model=build_cascade_mask_rcnn,
+        build_model=partial(build_cascade_mask_rcnn, num_classes),
         checkpoint_rules=CHECKPOINT_RULES,
         preprocess=D2Preprocess(canvas_hw=canvas_hw),
         preprocess_description=D2_PREPROCESS_DESCRIPTION,
         make_postprocess=D2InstanceSegPostprocess,
         synthetic_gains=SYNTHETIC_GAINS,
         checkpoint_key=official_key,
-        **contract_fields(canvas_hw, "multiply by original/resized size", " (mean of the 3 stages' softmax)"),
+        class_heads=CLASS_HEADS,
+        class_variant=partial(make_spec, canvas_hw),
+        canvas_variant=partial(make_spec, num_classes=num_classes),
+        **contract_fields(canvas_hw, "multiply by original/resized size", " (mean of the 3 stages' softmax)",
+                          num_classes),
     )
 
 

@@ -49,6 +49,7 @@ from torch import nn
 
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
+from deployzoo.checkpoints.head_classes import HeadTensor
 from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from deployzoo.heads.fsaf import FSAFHead, tblr_decode
 from deployzoo.models.mmdet_common import (DEFAULT_PADDED_HW, PREPROCESS_DESCRIPTION, MMDetPreprocess, PaddedCollate,
@@ -215,15 +216,24 @@ SYNTHETIC_GAINS = (
 )
 
 
-def build_fsaf(postprocess: str = "A") -> FSAF:
-    return FSAF(FSAFConfig(postprocess=postprocess)).eval()
+def build_fsaf(postprocess: str = "A", num_classes: int = 80) -> FSAF:
+    return FSAF(FSAFConfig(postprocess=postprocess, num_classes=num_classes)).eval()
 
 
-def make_spec(canvas_hw: tuple[int, int] | None = None, postprocess: str = "A") -> ModelSpec:
+# The class-dependent tensor of a fine-tuned checkpoint: retina_cls [A*C, 256, 3, 3], one anchor (A = 1),
+# sigmoid classification (no background row).
+CLASS_HEADS = (HeadTensor(r"bbox_head\.retina_cls\.(weight|bias)", per=1),)
+
+
+def make_spec(canvas_hw: tuple[int, int] | None = None, postprocess: str = "A", num_classes: int = 80) -> ModelSpec:
     """The registry entry: ``postprocess`` "A" (mmdet v2, published figure) or "B" (mmdet 3.x, name suffix
     ``-v3post``); ``canvas_hw`` gives the fixed-shape variant (not bit-exact, see the module docstring)."""
     if postprocess not in POSTPROCESS_ALGORITHMS:
         raise ValueError(f"postprocess must be one of {sorted(POSTPROCESS_ALGORITHMS)}, got {postprocess!r}")
+    from deployzoo.fine_tuned import generic_class_names
+
+    official = num_classes == len(COCO_CLASSES)
+    names = COCO_CLASSES if official else generic_class_names(num_classes)
     suffix = ("" if postprocess == "A" else "-v3post") + ("" if canvas_hw is None else f"@{canvas_hw[0]}x{canvas_hw[1]}")
     dims: dict[str, Any] = {"image": (3, None, None) if canvas_hw is None else (3, *canvas_hw), "img_hw": (2,)}
     published = (PublishedFigure("COCO box AP", 37.4, "mmdetection model zoo (measured April 2020 with this "
@@ -237,24 +247,26 @@ def make_spec(canvas_hw: tuple[int, int] | None = None, postprocess: str = "A") 
         input_hw=canvas_hw or DEFAULT_PADDED_HW,
         checkpoint_format="mmdetection .pth: {'state_dict', 'meta'} (fsaf_r50_fpn_1x_coco-94ccc51f.pth)",
         published=published,
-        class_names=COCO_CLASSES,
-        build_model=partial(build_fsaf, postprocess),
+        class_names=names,
+        class_names_source="official" if official else "generic",
+        build_model=partial(build_fsaf, postprocess, num_classes),
         checkpoint_rules=CHECKPOINT_RULES,
         input_name="image",
         output_names=OUTPUT_NAMES,
         preprocess=MMDetPreprocess(canvas_hw=canvas_hw),
         preprocess_description=PREPROCESS_DESCRIPTION,
         make_postprocess=partial(DetectionPostprocess, reciprocal=postprocess == "B"),
-        evaluation=COCODetectionTask(iou_types=("bbox",)),
+        evaluation=COCODetectionTask(iou_types=("bbox",)) if official else COCODetectionTask(
+            class_names=names, category_ids=range(1, num_classes + 1), iou_types=("bbox",)),
         output_shapes={"dets": (100, 5), "labels": (100,), "num_dets": ()},
         output_dtypes={"labels": "int64", "num_dets": "int64"},
         output_notes={
             "dets": "[B,100,5] x1,y1,x2,y2 in network-input pixels (divide by the resize factors), score; "
                     "descending; padding rows 0",
-            "labels": "[B,100] int64 0-based COCO class (category id via the spec's table); padding -1",
+            "labels": f"[B,100] int64 0-based class of {num_classes} (category id via the spec's table); padding -1",
             "num_dets": "[B] int64 number of real rows",
         },
-        category_ids=COCO_CATEGORY_IDS,
+        category_ids=COCO_CATEGORY_IDS if official else None,
         synthetic_gains=SYNTHETIC_GAINS,
         checkpoint_key=official_key,
         input_dims=dims,
@@ -263,7 +275,9 @@ def make_spec(canvas_hw: tuple[int, int] | None = None, postprocess: str = "A") 
                       "bench_iters": 3, "compare_images": 2},
         collate=PaddedCollate(canvas_hw=canvas_hw),
         example_inputs=partial(example_inputs, hw=canvas_hw or DEFAULT_PADDED_HW),
-        canvas_variant=partial(make_spec, postprocess=postprocess),
+        canvas_variant=partial(make_spec, postprocess=postprocess, num_classes=num_classes),
+        class_heads=CLASS_HEADS,
+        class_variant=partial(make_spec, canvas_hw, postprocess),
     )
 
 

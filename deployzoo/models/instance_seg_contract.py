@@ -16,27 +16,36 @@ from deployzoo.tasks.coco_detection import COCODetectionTask
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_dets", "masks")
 
 
-def contract_fields(canvas_hw: tuple[int, int] | None, box_note: str, score_note: str) -> dict[str, Any]:
-    """ModelSpec keyword arguments for the dynamic-size graph, or the fixed ``canvas_hw`` one."""
+def contract_fields(canvas_hw: tuple[int, int] | None, box_note: str, score_note: str,
+                    num_classes: int = 80) -> dict[str, Any]:
+    """ModelSpec keyword arguments for the dynamic-size graph, or the fixed ``canvas_hw`` one.
+
+    ``num_classes`` other than COCO's 80 (a fine-tuned checkpoint): generic names ``class_0..``, category ids
+    index + 1, until deployzoo.fine_tuned gives the real names and ids."""
+    from deployzoo.fine_tuned import generic_class_names
+
+    official = num_classes == len(COCO_CLASSES)
     return {
         "task": "instance-segmentation",
         "dataset": "COCO val2017",
         "input_hw": canvas_hw or DEFAULT_PADDED_HW,
-        "class_names": COCO_CLASSES,
+        "class_names": COCO_CLASSES if official else generic_class_names(num_classes),
+        "class_names_source": "official" if official else "generic",
         "input_name": "image",
         "output_names": OUTPUT_NAMES,
-        "evaluation": COCODetectionTask(),
+        "evaluation": COCODetectionTask() if official else COCODetectionTask(
+            class_names=generic_class_names(num_classes), category_ids=range(1, num_classes + 1)),
         "output_shapes": {"boxes": (100, 4), "scores": (100,), "labels": (100,), "num_dets": (),
                           "masks": (100, 28, 28)},
         "output_dtypes": {"labels": "int64", "num_dets": "int64"},
         "output_notes": {
             "boxes": f"[B,100,4] x1,y1,x2,y2 in network-input pixels ({box_note})",
             "scores": f"[B,100] descending{score_note}; padding rows 0",
-            "labels": "[B,100] int64 0-based COCO class (category id via the spec's table); padding -1",
+            "labels": f"[B,100] int64 0-based class of {num_classes} (category id via the spec's table); padding -1",
             "num_dets": "[B] int64 number of real rows",
             "masks": "[B,100,28,28] sigmoid mask of each detection's class; paste at the original size",
         },
-        "category_ids": COCO_CATEGORY_IDS,
+        "category_ids": COCO_CATEGORY_IDS if official else None,
         "input_dims": {"image": (3, None, None) if canvas_hw is None else (3, *canvas_hw), "img_hw": (2,)},
         "ranked_outputs": ("boxes", "scores", "labels", "masks"),
         # A two-stage COCO model is ~30x slower than RefineDet: a smaller default run.

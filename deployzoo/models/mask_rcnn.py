@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
+from deployzoo.checkpoints.head_classes import HeadTensor
 from deployzoo.heads.box_head import Shared2FCBoxHead
 from deployzoo.heads.mask_head import FCNMaskHead, detection_mask_probs
 from deployzoo.heads.rpn import ProposalConfig, ProposalGenerator, RPNHead
@@ -156,25 +158,37 @@ SYNTHETIC_GAINS = (
 )
 
 
-def build_mask_rcnn() -> MaskRCNN:
-    return MaskRCNN().eval()
+def build_mask_rcnn(num_classes: int = 80) -> MaskRCNN:
+    return MaskRCNN(MaskRCNNConfig(num_classes=num_classes)).eval()
 
 
-def make_spec(canvas_hw: tuple[int, int] | None = None) -> ModelSpec:
+# The class-dependent tensors of a fine-tuned checkpoint: fc_cls [C+1, 1024] (background last), the
+# class-specific fc_reg [4C, 1024] and the mask head's conv_logits [C, 256, 1, 1].
+CLASS_HEADS = (
+    HeadTensor(r"roi_head\.bbox_head\.fc_cls\.(weight|bias)", per=1, extra=1),
+    HeadTensor(r"roi_head\.bbox_head\.fc_reg\.(weight|bias)", per=4),
+    HeadTensor(r"roi_head\.mask_head\.conv_logits\.(weight|bias)", per=1),
+)
+
+
+def make_spec(canvas_hw: tuple[int, int] | None = None, num_classes: int = 80) -> ModelSpec:
     """The registry entry; ``canvas_hw`` gives the fixed-shape variant (not bit-exact, see the README)."""
     suffix = "" if canvas_hw is None else f"@{canvas_hw[0]}x{canvas_hw[1]}"
     return ModelSpec(
         name="mmdet-mask-rcnn-r50-fpn-1x" + suffix,
         checkpoint_format="mmdetection .pth: {'state_dict', 'meta'} (mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth)",
         published=PublishedFigure("COCO box AP", 38.2, "mmdetection model zoo (mask AP 34.7), v2 and v3"),
-        build_model=build_mask_rcnn,
+        build_model=partial(build_mask_rcnn, num_classes),
         checkpoint_rules=CHECKPOINT_RULES,
         preprocess=MMDetPreprocess(canvas_hw=canvas_hw),
         preprocess_description=PREPROCESS_DESCRIPTION,
         make_postprocess=InstanceSegPostprocess,
         synthetic_gains=SYNTHETIC_GAINS,
         checkpoint_key=official_key,
-        **contract_fields(canvas_hw, "divide by the resize factors", ""),
+        class_heads=CLASS_HEADS,
+        class_variant=partial(make_spec, canvas_hw),
+        canvas_variant=partial(make_spec, num_classes=num_classes),
+        **contract_fields(canvas_hw, "divide by the resize factors", "", num_classes),
     )
 
 

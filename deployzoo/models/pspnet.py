@@ -25,6 +25,7 @@ from torch import nn
 
 from deployzoo.backbones.resnet import ResNet
 from deployzoo.checkpoints import RenameRules
+from deployzoo.checkpoints.head_classes import HeadTensor
 from deployzoo.errors import DeployzooError
 from deployzoo.data.voc_seg import VOC_SEG_CLASSES
 from deployzoo.heads.psp import PSPHead
@@ -192,8 +193,18 @@ def example_inputs(batch_size: int, hw: tuple[int, int] = DEFAULT_INPUT_HW, with
     return feeds
 
 
-def make_spec(canvas_hw: tuple[int, int] | None = None, output: str = "logits") -> ModelSpec:
-    """The registry entry: ``output`` "logits" or "labels"; ``canvas_hw`` a fixed-shape (logits) variant."""
+# The class-dependent tensor of a fine-tuned checkpoint: the decode head's conv_seg [C, 512, 1, 1] (background is
+# one of mmseg's C classes). The auxiliary head's conv_seg is ignored by name (training only).
+CLASS_HEADS = (HeadTensor(r"decode_head\.conv_seg\.(weight|bias)", per=1),)
+
+
+def make_spec(canvas_hw: tuple[int, int] | None = None, output: str = "logits", num_classes: int = 21) -> ModelSpec:
+    """The registry entry: ``output`` "logits" or "labels"; ``canvas_hw`` a fixed-shape (logits) variant;
+    ``num_classes``: a fine-tuned checkpoint's class count (generic names until deployzoo.fine_tuned names them)."""
+    from deployzoo.fine_tuned import generic_class_names
+
+    official = num_classes == len(VOC_SEG_CLASSES)
+    names = VOC_SEG_CLASSES if official else generic_class_names(num_classes)
     if canvas_hw is not None and output != "logits":
         raise DeployzooError("a fixed-canvas PSPNet exports logits only (the host crops the padding)")
     labels = output == "labels"
@@ -207,12 +218,12 @@ def make_spec(canvas_hw: tuple[int, int] | None = None, output: str = "logits") 
                    "input_dims": {"image": image_dims, "orig_hw": (2,)}}
     else:
         hw = (None, None) if canvas_hw is None else canvas_hw
-        outputs = {"output_names": ("seg_logits",), "output_dims": {"seg_logits": (21, *hw)},
-                   "output_notes": {"seg_logits": "[B,21,H,W] logits at the network input size; resize to the "
+        outputs = {"output_names": ("seg_logits",), "output_dims": {"seg_logits": (num_classes, *hw)},
+                   "output_notes": {"seg_logits": f"[B,{num_classes},H,W] logits at the network input size; resize to the "
                                                   "original (bilinear, align_corners False), then argmax"},
                    "input_dims": {"image": image_dims}}
         if canvas_hw is not None:
-            outputs["output_shapes"] = {"seg_logits": (21, *canvas_hw)}
+            outputs["output_shapes"] = {"seg_logits": (num_classes, *canvas_hw)}
     return ModelSpec(
         name=name,
         task="semantic-segmentation",
@@ -221,21 +232,24 @@ def make_spec(canvas_hw: tuple[int, int] | None = None, output: str = "logits") 
         checkpoint_format=("mmsegmentation .pth: {'state_dict', 'meta'} "
                            "(pspnet_r50-d8_512x512_20k_voc12aug_20200617_101958-ed5dfbd9.pth)"),
         published=PublishedFigure("mIoU", 76.78, "mmsegmentation model zoo, single scale, whole-image test"),
-        class_names=VOC_SEG_CLASSES,
-        build_model=lambda: PSPNet(output=output).eval(),
+        class_names=names,
+        class_names_source="official" if official else "generic",
+        build_model=lambda: PSPNet(num_classes=num_classes, output=output).eval(),
         checkpoint_rules=CHECKPOINT_RULES,
         input_name="image",
         preprocess=MMSegPreprocess(canvas_hw=canvas_hw),
         preprocess_description=PREPROCESS_DESCRIPTION + ("" if canvas_hw is None else
                                                          f"; zero-padded to the {canvas_hw[0]}x{canvas_hw[1]} canvas"),
         make_postprocess=SegPostprocess,
-        evaluation=VOCSegmentationTask(),
+        evaluation=VOCSegmentationTask(class_names=names),
         synthetic_gains=SYNTHETIC_GAINS,
         collate=SegCollate(canvas_hw=canvas_hw, with_orig_hw=labels),
         example_inputs=partial(example_inputs, hw=canvas_hw or DEFAULT_INPUT_HW, with_orig_hw=labels),
         batch_key=(same_sizes_key if labels else same_size_key) if canvas_hw is None else None,
         canvas_divisor=1,
-        canvas_variant=partial(make_spec, output=output),
+        canvas_variant=partial(make_spec, output=output, num_classes=num_classes),
+        class_heads=CLASS_HEADS,
+        class_variant=partial(make_spec, canvas_hw, output),
         run_defaults={"num_images": 4, "eval_batch": 2, "batch_sizes": [1, 2], "bench_seconds": 1.0,
                       "bench_iters": 3, "compare_images": 2},
         **outputs,

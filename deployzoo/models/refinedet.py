@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deployzoo.backbones.vgg import vgg16_reduced_fc
+from deployzoo.checkpoints.head_classes import HeadTensor
 from deployzoo.checkpoints.remap import RenameRules
 from deployzoo.data.voc import VOC_CLASSES
 from deployzoo.heads.refinedet import flatten_levels, multibox_convs, run_tcb, tcb_layers
@@ -132,8 +133,14 @@ class RefineDetPostprocess:
         return Detections(boxes * scale, scores, labels - 1)
 
 
-def build_refinedet320_voc() -> RefineDet:
-    return RefineDet(RefineDetConfig(size=320, num_classes=21)).eval()
+def build_refinedet320_voc(num_classes: int = 20) -> RefineDet:
+    """``num_classes``: object classes (the network adds the background at index 0)."""
+    return RefineDet(RefineDetConfig(size=320, num_classes=num_classes + 1)).eval()
+
+
+# The class-dependent tensors of a fine-tuned checkpoint: the ODM confidence convs [A*(C+1), 256, 3, 3]
+# (3 anchors per cell, background included). The ARM's two-way confidences do not depend on C.
+CLASS_HEADS = (HeadTensor(r"odm_conf\.\d+\.(weight|bias)", per=3, extra=3),)
 
 
 # Stand-in weights keep activations in range: He-like gain, a tiny first layer (inputs are 0-255),
@@ -146,31 +153,46 @@ SYNTHETIC_GAINS = (
     (r"1d:conv5_3_L2Norm\.weight", 32 / 3),
 )
 
-SPEC_320_VOC = ModelSpec(
-    name="refinedet320-vgg16-voc",
-    task="detection",
-    dataset="VOC2007 test",
-    input_hw=(320, 320),
-    checkpoint_format="RefineDet.PyTorch .pth: bare state dict, 98 tensors (e.g. RefineDet320_VOC_final.pth)",
-    published=PublishedFigure(
-        "VOC07 11-point mAP", 79.81,
-        "luuuyi/RefineDet.PyTorch README (PyTorch eval, --protocol refinedet-pytorch); paper 80.0, Caffe 79.52",
-    ),
-    class_names=VOC_CLASSES,
-    build_model=build_refinedet320_voc,
-    checkpoint_rules=CHECKPOINT_RULES,
-    input_name="image",
-    output_names=OUTPUT_NAMES,
-    preprocess=partial(preprocess, size=320),
-    preprocess_description=PREPROCESS_DESCRIPTION,
-    make_postprocess=RefineDetPostprocess,
-    evaluation=VOCDetectionTask(year="2007", split="test", class_names=VOC_CLASSES),
-    output_shapes={"arm_loc": (6375, 4), "arm_conf": (6375, 2), "odm_loc": (6375, 4), "odm_conf": (6375, 21)},
-    output_notes={
-        "arm_loc": "[B,6375,4] ARM box offsets (variances 0.1, 0.2) against the priors",
-        "arm_conf": "[B,6375,2] ARM softmax (background, object)",
-        "odm_loc": "[B,6375,4] ODM box offsets against the ARM-refined priors",
-        "odm_conf": "[B,6375,21] ODM softmax, class 0 = background, then VOC classes alphabetically",
-    },
-    synthetic_gains=SYNTHETIC_GAINS,
-)
+def make_spec_320(num_classes: int = 20) -> ModelSpec:
+    """The registry entry; ``num_classes`` (object classes, background not counted) for a fine-tuned checkpoint,
+    with generic names until deployzoo.fine_tuned names them."""
+    from deployzoo.fine_tuned import generic_class_names
+
+    official = num_classes == len(VOC_CLASSES)
+    names = VOC_CLASSES if official else generic_class_names(num_classes)
+    c = num_classes + 1
+    return ModelSpec(
+        name="refinedet320-vgg16-voc",
+        task="detection",
+        dataset="VOC2007 test",
+        input_hw=(320, 320),
+        checkpoint_format="RefineDet.PyTorch .pth: bare state dict, 98 tensors (e.g. RefineDet320_VOC_final.pth)",
+        published=PublishedFigure(
+            "VOC07 11-point mAP", 79.81,
+            "luuuyi/RefineDet.PyTorch README (PyTorch eval, --protocol refinedet-pytorch); paper 80.0, Caffe 79.52",
+        ),
+        class_names=names,
+        class_names_source="official" if official else "generic",
+        build_model=partial(build_refinedet320_voc, num_classes),
+        checkpoint_rules=CHECKPOINT_RULES,
+        input_name="image",
+        output_names=OUTPUT_NAMES,
+        preprocess=partial(preprocess, size=320),
+        preprocess_description=PREPROCESS_DESCRIPTION,
+        make_postprocess=RefineDetPostprocess,
+        evaluation=VOCDetectionTask(year="2007", split="test", class_names=names, protocol="refinedet-pytorch"),
+        output_shapes={"arm_loc": (6375, 4), "arm_conf": (6375, 2), "odm_loc": (6375, 4), "odm_conf": (6375, c)},
+        output_notes={
+            "arm_loc": "[B,6375,4] ARM box offsets (variances 0.1, 0.2) against the priors",
+            "arm_conf": "[B,6375,2] ARM softmax (background, object)",
+            "odm_loc": "[B,6375,4] ODM box offsets against the ARM-refined priors",
+            "odm_conf": f"[B,6375,{c}] ODM softmax, class 0 = background, then "
+                        + ("VOC classes alphabetically" if official else "the checkpoint's classes in order"),
+        },
+        synthetic_gains=SYNTHETIC_GAINS,
+        class_heads=CLASS_HEADS,
+        class_variant=make_spec_320,
+    )
+
+
+SPEC_320_VOC = make_spec_320()
