@@ -246,6 +246,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
+    from deployzoo.eval.coco_eval import check_evaluator
+
+    check_evaluator(args.coco_evaluator)  # installed, before any weights load
     checked = _check_data(spec, args.data, skip_bad=args.skip_bad, limit=args.limit)
     if args.dumps:
         names = split_names(checked.dataset)  # the .bin names `data to-bin --data` gave these images
@@ -267,7 +270,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         describe = engine.describe()
     outcome = evaluate_dataset(spec, args.data, infer, args.batch, out, fingerprint, protocol=args.protocol,
                                resume=args.resume, skip_bad=args.skip_bad, workers=args.workers, limit=args.limit,
-                               checked=checked)
+                               checked=checked, coco_evaluator=args.coco_evaluator)
     print(outcome.metrics.table())
     print()
     print(f"Stages ({describe.get('backend')}, {describe.get('precision', 'fp32')}, batch {args.batch}):")
@@ -283,11 +286,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"those images are skipped and the figure below leaves them out")
     print(f"\n{spec.evaluation.metric_name} ({outcome.summary['protocol']} protocol): {outcome.headline:.2f} "
           f"(published {spec.published.value}: {spec.published.source})")
+    from deployzoo.score import policy_lines
+
+    for line in policy_lines(outcome.summary):  # skipped images: both figures, and not comparable
+        print(line)
     if outcome.run.resumed:
         print(f"resumed: {outcome.run.resumed} images taken from the interrupted run, {outcome.run.computed} computed now")
     results = "predictions.json and label_maps/" if spec.task == "semantic-segmentation" else "detections.json"
     print(f"wrote {out / 'metrics.json'} and {out / results}")
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from deployzoo.score import run_score_command
+
+    return run_score_command(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -583,7 +596,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes (0 = in the main process)")
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
+    p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
+                   help="COCO AP by pycocotools (default, the reference) or faster-coco-eval (extra 'fastcoco')")
     p.set_defaults(func=cmd_eval)
+
+    p = command(sub, "score", help="score a predictions file against a dataset (no model is built)")
+    p.add_argument("--data", required=True, help="dataset root: COCO, VOCdevkit (VOC2007 test or VOC2012 seg val)")
+    p.add_argument("--predictions", required=True,
+                   help="predictions.json / detections.json (deployzoo's contract) or a COCO results json")
+    p.add_argument("--dataset", choices=["coco", "voc07", "voc12seg"], help="default: recognised from the layout")
+    p.add_argument("--protocol", default=None, help="the task's first protocol by default")
+    p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"])
+    p.add_argument("--out", help="where metrics.json goes (default: beside the predictions file, score/)")
+    p.set_defaults(func=cmd_score)
 
     p = command(sub, "bench", help="pure-inference benchmark over batch sizes")
     p.add_argument("model", help="registry name or an exported .onnx")

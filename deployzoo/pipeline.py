@@ -10,7 +10,6 @@ import numpy as np
 
 from deployzoo.backends.base import Backend
 from deployzoo.cache import cached_onnx, kind_dir
-from deployzoo.bench.report import write_json
 from deployzoo.data.loader import ImageItem, items_from_paths
 from deployzoo.engine import LoadedModel, load_model, make_backend
 from deployzoo import nonfinite
@@ -171,9 +170,14 @@ def evaluate_dataset(
     progress: bool = True,
     checked: CheckedSplit | None = None,
     skip_nonfinite: bool | None = None,
+    coco_evaluator: str = "pycocotools",
 ) -> EvalOutcome:
     """Stream the task's split through ``infer``; write metrics.json and the results to ``out_dir``:
-    detections.json (detection), or predictions.json + label_maps/*.png (segmentation).
+    detections.json (detection), or predictions.json + label_maps/*.png (segmentation), in the predictions
+    contract (deployzoo.predictions: ``file_name`` the image file's name, ``image_id`` the dataset's id), and
+    for COCO ``coco_results.<bbox|segm>.json``. Scoring is deployzoo.score's (``deployzoo score`` takes the same
+    path); ``coco_evaluator``: "pycocotools" or "faster-coco-eval". With ``skip_bad``, metrics.json also carries
+    the figure with the skipped images' objects counted as missed (``skipped_images_policy``).
 
     The split is checked first (``task.validate``; pass ``checked`` when the caller already did, before its
     expensive part), so a bad annotation or image file stops the run before any inference."""
@@ -197,17 +201,30 @@ def evaluate_dataset(
     if not evaluated:
         raise DeployzooError(f"no image of {dataset.split_file} could be evaluated: all {len(run.skipped)} "
                              f"were skipped as bad input (the first: {run.skipped[0]['problem']})")
-    metrics = task.evaluate(run.results, evaluated, protocol=protocol)
     results = [(i, run.results[i]) for i in evaluated]
+    paths = [str(dataset.image_path(i)) for i in evaluated]
     if spec.task == "semantic-segmentation":
         split = split_names(dataset)  # label_maps/<name>.png: the image file's stem, unique within the split
         names = [split[i] for i, _ in results]
         write_label_maps(out_dir, results, names)
-        write_predictions(out_dir / "predictions.json", records_for(spec, results, names=names))
+        records = records_for(spec, [(Path(p).name, r) for p, (_, r) in zip(paths, results)], paths, names)
+        write_predictions(out_dir / "predictions.json", _with_image_ids(task, records, paths, list(evaluated)))
     else:
-        write_predictions(out_dir / "detections.json", records_for(spec, results))
-    if hasattr(task, "results_records"):  # the dataset's own results format (COCO results JSON)
-        write_predictions(out_dir / "coco_results.json", task.results_records(metrics))
+        records = records_for(spec, [(Path(p).name, r) for p, (_, r) in zip(paths, results)], paths)
+        write_predictions(out_dir / "detections.json", _with_image_ids(task, records, paths, list(evaluated)))
+    # What happens after inference is deployzoo.score's, the path `deployzoo score` takes on a predictions file.
+    from deployzoo.score import coco_records_of, is_coco, score_predictions, scores_summary, write_scores
+
+    predictions = coco_records_of(task, dict(results), evaluated) if is_coco(task) else dict(results)
+    skipped_ids = [s["image_id"] for s in checked.skipped + run.skipped]
+    skipped_handles = {i: annotations[i] for i in skipped_ids if i in annotations}
+    if len(skipped_handles) < len(skipped_ids):  # images that failed their file check: their ground truth
+        every, _ = task.load_ground_truth(dataset, skip_bad=True)
+        skipped_handles.update({i: every[i] for i in skipped_ids if i in every})
+    scores = score_predictions(task, predictions, evaluated, protocol=protocol, coco_evaluator=coco_evaluator,
+                               skipped=skipped_ids, skipped_annotations=skipped_handles)
+    metrics = scores.metrics
+    common = scores_summary(task, scores)
     summary = {
         "model": spec.name,
         "dataset": task.dataset_name,
@@ -216,17 +233,29 @@ def evaluate_dataset(
         "images_skipped": checked.skipped + run.skipped,
         "images_resumed": run.resumed,
         "non_finite_outputs": nonfinite.summarize(run.skipped),
-        "protocol": protocol,
-        "headline": {"metric": task.metric_name, "value": task.headline(metrics), "published": spec.published.value},
-        "metrics": metrics.to_dict(),
+        **common,
+        "headline": {**common["headline"], "published": spec.published.value},
         "stages": run.timer.to_dict(),
         "engine": fingerprint,
     }
-    write_json(out_dir / "metrics.json", summary, reasons={
-        "headline.value": f"{task.metric_name} is undefined on these images: there is no ground truth to score against"})
+    write_scores(out_dir, task, scores, summary)
     skipped_checks = [(s["image_id"], f"{s['path']}: {s['problem']}" if "path" in s else s["problem"])
                       for s in checked.skipped]
     return EvalOutcome(metrics, run, skipped_checks, task.headline(metrics), out_dir, summary, evaluated)
+
+
+def _with_image_ids(task: Any, records: list[dict], paths: Sequence[str], keys: Sequence[str]) -> list[dict]:
+    """Contract records with ``image_id`` (the dataset's own id) after ``file_name``; each record's ``path``
+    says which image it is (``paths[k]`` is image ``keys[k]``'s, unique within a split)."""
+    from deployzoo.score import dataset_image_id
+
+    key_of = dict(zip(paths, keys))
+    out = []
+    for record in records:
+        image_id = dataset_image_id(task, key_of[record["path"]])
+        out.append({"file_name": record["file_name"], "image_id": image_id,
+                    **{k: v for k, v in record.items() if k != "file_name"}})
+    return out
 
 
 def split_names(dataset: Any) -> dict[str, str]:

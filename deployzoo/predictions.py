@@ -1,9 +1,11 @@
 """The predictions contract: COCO-results-style records that other tools and acceptance checks read.
 
 ``predictions.json`` is a list of ``{"file_name", "path", "category", "category_id", "bbox": [x, y, w, h],
-"score"}`` in original-image pixels (``path``: the input as given, so inputs that share a file name stay
-apart; ``predict`` writes it, ``eval`` names images by dataset id in ``file_name`` alone), one record per
-detection, images in the order given, detections in the model's own output order; instance-segmentation
+"score"}`` in original-image pixels (``file_name``: the image file's name; ``path``: the input as given, so
+inputs that share a file name stay apart), one record per detection, images in the order given, detections in
+the model's own output order. ``eval`` writes the same records (detections.json / predictions.json) with
+``"image_id"`` after ``file_name``: the dataset's id of the image (COCO: the integer id; VOC: the id string,
+e.g. "000002"); ``deployzoo score`` reads them by ``image_id``, else ``file_name``. Instance-segmentation
 models add ``"segmentation"``, the COCO RLE (``{"size": [H, W], "counts": str}``) of the mask at the
 original resolution. Detection models' ``category_id`` is the dataset's id (VOC: 1..20 in alphabetical
 class order, i.e. the original label index with background = 0).

@@ -113,9 +113,10 @@ def test_onnxruntime_and_pytorch_give_identical_ap(algorithm, batch, outcomes, l
 
 def test_eval_writes_coco_results_and_summary(outcomes):
     outcome = outcomes[("onnxruntime", "B", 2)]
-    records = json.loads((outcome.out_dir / "coco_results.json").read_text())
+    records = json.loads((outcome.out_dir / "coco_results.bbox.json").read_text())
     assert records and {"image_id", "category_id", "bbox", "score"} <= set(records[0])
     assert "segmentation" not in records[0] and isinstance(records[0]["image_id"], int)
+    assert not (outcome.out_dir / "coco_results.segm.json").exists()  # a box-only model
     metrics = json.loads((outcome.out_dir / "metrics.json").read_text())
     assert metrics["protocol"] == "standard"
     assert len(outcome.metrics.by_type["bbox"].summary) == 12

@@ -99,13 +99,52 @@ def test_onnxruntime_and_pytorch_give_identical_ap(batch, outcomes, mask_rcnn_sp
 
 def test_eval_writes_coco_results_and_summary(outcomes):
     outcome = outcomes[("onnxruntime", 2)]
-    records = json.loads((outcome.out_dir / "coco_results.json").read_text())
-    assert records and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(records[0])
-    assert isinstance(records[0]["image_id"], int)
+    records = json.loads((outcome.out_dir / "coco_results.bbox.json").read_text())
+    assert records and {"image_id", "category_id", "bbox", "score"} <= set(records[0])
+    assert "segmentation" not in records[0] and isinstance(records[0]["image_id"], int)
+    masks = json.loads((outcome.out_dir / "coco_results.segm.json").read_text())
+    assert len(masks) == len(records) and {"image_id", "category_id", "score", "segmentation"} <= set(masks[0])
+    assert "bbox" not in masks[0]  # pycocotools then takes the mask area for small/medium/large
+    assert not (outcome.out_dir / "coco_results.json").exists()
     metrics = json.loads((outcome.out_dir / "metrics.json").read_text())
     assert metrics["protocol"] == "standard"
     assert len(outcome.metrics.by_type["bbox"].summary) == 12
     assert "Average Precision" in outcome.metrics.table()
+
+
+def test_score_and_pycocotools_on_evals_files_give_evals_figures(outcomes, synthetic_coco, tmp_path):
+    """`deployzoo score` on eval's detections.json and on its coco_results.<type>.json, and pycocotools run
+    directly on the latter, all give eval's 12 stats (bbox and segm)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from deployzoo.cli import main
+
+    outcome = outcomes[("onnxruntime", 2)]
+    eval_metrics = json.loads((outcome.out_dir / "metrics.json").read_text())["metrics"]["iou_types"]
+    detections = json.loads((outcome.out_dir / "detections.json").read_text())
+    assert isinstance(detections[0]["image_id"], int) and detections[0]["file_name"].endswith(".jpg")
+    gt_file = synthetic_coco / "annotations" / "instances_val2017.json"
+    for name in ("detections.json", "coco_results.segm.json"):
+        out = tmp_path / name
+        assert main(["score", "--data", str(synthetic_coco), "--predictions", str(outcome.out_dir / name),
+                     "--out", str(out)]) == 0
+        scored = json.loads((out / "metrics.json").read_text())["metrics"]["iou_types"]
+        assert scored["segm"]["stats"] == eval_metrics["segm"]["stats"]
+        if name == "detections.json":
+            assert scored["bbox"]["stats"] == eval_metrics["bbox"]["stats"]
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(str(gt_file))
+            ev = COCOeval(gt, gt.loadRes(str(outcome.out_dir / f"coco_results.{iou_type}.json")), iou_type)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        ours = eval_metrics[iou_type]["stats"]
+        assert [-1.0 if v is None else v for v in ours.values()] == [float(v) for v in ev.stats]
 
 
 def test_batch_of_two_images_of_different_sizes_matches_pytorch(engines, mask_rcnn_spec, synthetic_coco):

@@ -6,7 +6,10 @@ Detections are turned into the official results format, one record per detection
      "score": float, "segmentation": {"size": [H, W], "counts": str}}   # segmentation: masks only
 
 For mask AP the ``bbox`` key is left out of what COCOeval sees (as mmdetection and detectron2 do),
-otherwise ``loadRes`` takes the box area as the instance area and the small/medium/large splits change.
+otherwise ``loadRes`` takes the box area as the instance area and the small/medium/large splits change;
+:func:`records_for_iou_type` gives each type's records, which deployzoo.score writes one file per type.
+:func:`evaluate_coco_records` scores records as given (``deployzoo score`` on a results file);
+``evaluator="faster-coco-eval"`` runs faster-coco-eval's COCOeval_faster (1.8.0 tested) on the same inputs.
 
 Only ``image_ids`` are evaluated (``params.imgIds``), so a run over part of the split is scored on
 that part. With no detections at all ``loadRes`` cannot be used (it indexes the first record); an
@@ -184,8 +187,30 @@ def _empty_results(coco_gt):
                        "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []})
 
 
-def _run_cocoeval(coco_gt, records: list[dict], iou_type: str, image_ids: list[int]):
-    """COCOeval after evaluate/accumulate/summarize; returns (the COCOeval, the 12 summary lines)."""
+EVALUATORS = ("pycocotools", "faster-coco-eval")
+
+
+def check_evaluator(name: str) -> None:
+    """Raise DeployzooError unless ``name`` is an evaluator that can be used here (faster-coco-eval installed)."""
+    from deployzoo.errors import DeployzooError
+
+    if name not in EVALUATORS:
+        raise DeployzooError(f"unknown COCO evaluator {name!r}; choose from {', '.join(EVALUATORS)}")
+    if name == "faster-coco-eval":
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            raise DeployzooError("--coco-evaluator faster-coco-eval needs the faster-coco-eval package: "
+                                 "pip install 'deployzoo[fastcoco]'") from None
+
+
+def _run_cocoeval(coco_gt, records: list[dict], iou_type: str, image_ids: list[int], evaluator: str = "pycocotools"):
+    """COCOeval after evaluate/accumulate/summarize; returns (the COCOeval, the 12 summary lines).
+
+    ``evaluator``: "pycocotools" (the reference) or "faster-coco-eval" (its COCOeval_faster, a C++ port of
+    the same algorithm, fed a COCO of its own built from the same ground-truth dict and the same records)."""
+    if evaluator == "faster-coco-eval":
+        return _run_faster_cocoeval(coco_gt, records, iou_type, image_ids)
     from pycocotools.cocoeval import COCOeval
 
     if records:
@@ -197,15 +222,46 @@ def _run_cocoeval(coco_gt, records: list[dict], iou_type: str, image_ids: list[i
             coco_dt = coco_gt.loadRes(dets)
     else:
         coco_dt = _empty_results(coco_gt)
-    evaluator = COCOeval(coco_gt, coco_dt, iou_type)
-    evaluator.params.imgIds = list(image_ids)
+    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+    coco_eval.params.imgIds = list(image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.evaluate()
-        evaluator.accumulate()
+        coco_eval.evaluate()
+        coco_eval.accumulate()
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
-        evaluator.summarize()
-    return evaluator, [line for line in text.getvalue().splitlines() if line.strip()]
+        coco_eval.summarize()
+    return coco_eval, [line for line in text.getvalue().splitlines() if line.strip()]
+
+
+def _run_faster_cocoeval(coco_gt, records: list[dict], iou_type: str, image_ids: list[int]):
+    """faster-coco-eval's COCOeval_faster on the same inputs as :func:`_run_cocoeval` (quiet)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    def quiet(*_args, **_kwargs) -> None:
+        pass
+
+    gt = COCO(print_function=quiet)
+    gt.dataset = copy.deepcopy(coco_gt.dataset)
+    gt.createIndex()
+    if records:
+        dets = [dict(r) for r in records]
+        if iou_type == "segm":
+            for d in dets:
+                d.pop("bbox", None)
+        dt = gt.loadRes(dets)
+    else:
+        dt = COCO(print_function=quiet)
+        dt.dataset = {"images": list(gt.dataset["images"]), "categories": copy.deepcopy(gt.dataset["categories"]),
+                      "annotations": []}
+        dt.createIndex()
+    lines: list[str] = []
+    evaluator = COCOeval_faster(gt, dt, iou_type, print_function=quiet)
+    evaluator.params.imgIds = list(image_ids)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.print_function = lambda line, *_: lines.append(str(line))
+    evaluator.summarize()
+    return evaluator, [line for line in lines if line.strip()]
 
 
 def evaluate_coco(
@@ -215,6 +271,7 @@ def evaluate_coco(
     class_names: Sequence[str],
     iou_types: Sequence[str] = IOU_TYPES,
     image_ids: Sequence[int] | None = None,
+    evaluator: str = "pycocotools",
 ) -> COCOEvalResult:
     """COCO AP of ``detections`` against ``coco_gt`` with pycocotools.
 
@@ -227,12 +284,28 @@ def evaluate_coco(
         class_names: label -> name, for the per-category table.
         iou_types: any of "bbox", "segm".
         image_ids: the images to score (the ones that were run); all of ``coco_gt``'s when None.
+        evaluator: "pycocotools" (the reference) or "faster-coco-eval" (see :func:`evaluate_coco_records`).
 
     Raises:
         ValueError: unknown iou type or image id, detections for an image not in ``image_ids``,
             category ids missing from the ground truth, or malformed detections (bad shapes, labels,
             non-finite values, missing or wrongly sized masks for "segm").
     """
+    iou_types, image_ids = _check_args(coco_gt, category_ids, class_names, iou_types, image_ids)
+    wanted = set(image_ids)
+    extra = [i for i in detections if int(i) not in wanted]
+    if extra:
+        raise ValueError(f"detections for {len(extra)} image(s) not being evaluated, e.g. {extra[0]}")
+    detections = {int(i): d for i, d in detections.items()}
+    with_masks = "segm" in iou_types
+    for image_id, dets in detections.items():
+        info = coco_gt.imgs[image_id]
+        _check_detections(image_id, dets, len(class_names), with_masks, (int(info["height"]), int(info["width"])))
+    records = results_records(detections, category_ids, image_ids, with_masks)
+    return evaluate_coco_records(coco_gt, records, category_ids, class_names, iou_types, image_ids, evaluator)
+
+
+def _check_args(coco_gt, category_ids, class_names, iou_types, image_ids) -> tuple[tuple[str, ...], list[int]]:
     iou_types = tuple(iou_types)
     bad = [t for t in iou_types if t not in IOU_TYPES]
     if bad or not iou_types:
@@ -246,17 +319,39 @@ def evaluate_coco(
     unknown = [i for i in image_ids if i not in coco_gt.imgs]
     if unknown:
         raise ValueError(f"{len(unknown)} image id(s) not in the ground truth, e.g. {unknown[0]}")
-    wanted = set(image_ids)
-    extra = [i for i in detections if int(i) not in wanted]
-    if extra:
-        raise ValueError(f"detections for {len(extra)} image(s) not being evaluated, e.g. {extra[0]}")
-    detections = {int(i): d for i, d in detections.items()}
-    with_masks = "segm" in iou_types
-    for image_id, dets in detections.items():
-        info = coco_gt.imgs[image_id]
-        _check_detections(image_id, dets, len(class_names), with_masks, (int(info["height"]), int(info["width"])))
+    return iou_types, image_ids
 
-    records = results_records(detections, category_ids, image_ids, with_masks)
+
+def records_for_iou_type(records: Sequence[dict], iou_type: str) -> list[dict]:
+    """What one IoU type is scored from, as the frameworks write it per type (mmdetection's
+    ``results.bbox.json`` / ``results.segm.json``): "bbox" records without ``segmentation``, "segm" records
+    without ``bbox`` (so that pycocotools' ``loadRes`` takes the mask area for small/medium/large)."""
+    drop = "segmentation" if iou_type == "bbox" else "bbox"
+    return [{k: v for k, v in r.items() if k != drop} for r in records]
+
+
+def evaluate_coco_records(
+    coco_gt,
+    records: Sequence[dict],
+    category_ids: Sequence[int],
+    class_names: Sequence[str],
+    iou_types: Sequence[str] = IOU_TYPES,
+    image_ids: Sequence[int] | None = None,
+    evaluator: str = "pycocotools",
+) -> COCOEvalResult:
+    """COCO AP of official results records (``image_id``, ``category_id``, ``bbox`` [x, y, w, h] pixels,
+    ``score``, and ``segmentation`` RLE for "segm"), scored as given: each IoU type sees
+    :func:`records_for_iou_type` of them, so the figures are what pycocotools gives on the per-type files.
+
+    ``evaluator``: "pycocotools" (default, the reference) or "faster-coco-eval" (COCOeval_faster; equal
+    stats and per-class APs, checked by tests/test_score.py whenever it is installed). The records are
+    expected to be checked already (deployzoo.score checks a results file; :func:`evaluate_coco` checks
+    detections); ``image_ids`` and categories are checked here.
+    """
+    iou_types, image_ids = _check_args(coco_gt, category_ids, class_names, iou_types, image_ids)
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"unknown COCO evaluator {evaluator!r}; expected one of {EVALUATORS}")
+    records = list(records)
     notes = []
     if not records:
         notes.append("no detections: every category with ground truth scores AP 0")
@@ -275,16 +370,17 @@ def evaluate_coco(
 
     by_type = {}
     for iou_type in iou_types:
-        evaluator, summary = _run_cocoeval(coco_gt, records, iou_type, image_ids)
+        coco_eval, summary = _run_cocoeval(coco_gt, records_for_iou_type(records, iou_type), iou_type, image_ids,
+                                           evaluator)
         # precision: [T IoUs, R recall points, K categories, A areas, M maxDets]; area "all", maxDets 100.
-        precision = evaluator.eval["precision"]
-        cat_index = {cid: k for k, cid in enumerate(evaluator.params.catIds)}
+        precision = coco_eval.eval["precision"]
+        cat_index = {cid: k for k, cid in enumerate(coco_eval.params.catIds)}
         per_category = []
         for cid, name in zip(category_ids, class_names):
             p = precision[:, :, cat_index[int(cid)], 0, -1]
             p = p[p > -1]
             per_category.append(CategoryAP(int(cid), str(name), float(np.mean(p)) if p.size else float("nan"),
                                            num_gt.get(int(cid), 0), num_dets.get(int(cid), 0)))
-        by_type[iou_type] = IoUTypeResult(iou_type, [float(v) for v in evaluator.stats], summary,
+        by_type[iou_type] = IoUTypeResult(iou_type, [float(v) for v in coco_eval.stats[:12]], summary[:12],
                                           per_category, len(records))
     return COCOEvalResult(by_type, len(image_ids), records, notes)

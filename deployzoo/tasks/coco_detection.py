@@ -165,5 +165,5 @@ class COCODetectionTask:
 
     @staticmethod
     def results_records(result: COCOEvalResult) -> list[dict]:
-        """The official COCO results records (write them as ``coco_results.json``)."""
+        """The official COCO results records (eval writes them per IoU type: deployzoo.score.write_coco_results)."""
         return result.records
