@@ -203,6 +203,52 @@ def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
     return checked
 
 
+def _ray_address(text: str) -> str:
+    """--ray ADDRESS: 'local' (a cluster on this machine's CPUs), 'auto' or a cluster address. Ray must be
+    installed: said here, before any work (deployzoo[ray] is an optional extra)."""
+    from deployzoo.distributed import require_ray
+
+    if Path(text).exists():  # `--ray image.jpg`: an image taken for the address
+        raise argparse.ArgumentTypeError(f"'{text}' is a file, not a Ray address: put --ray after the images, or "
+                                         f"write --ray local")
+    try:
+        require_ray()
+    except DeployzooError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="local", default=None, type=_ray_address, metavar="ADDRESS",
+                   help="spread the images over a Ray cluster (pip install 'deployzoo[ray]'): 'local' (no ADDRESS) "
+                        "starts one on this machine's CPUs; an address (auto, host:6379, ray://host:10001) joins one")
+    p.add_argument("--replicas", type=_at_least_one, default=None,
+                   help="--ray: engine copies (default: the cluster's CPUs // --threads-per-replica)")
+    p.add_argument("--threads-per-replica", type=_at_least_one, default=1, help="--ray: CPU threads per engine copy")
+    p.add_argument("--shard-images", type=_at_least_one, default=None,
+                   help="--ray: images per work shard, rounded up to whole batches (default: about 4 shards per "
+                        "replica, at most 64 images)")
+
+
+def _ray_runner(args: argparse.Namespace, engine, precision: str):
+    """--ray: the run's images over replicas of ``engine`` on a Ray cluster (deployzoo.distributed.ray_eval)."""
+    from deployzoo.distributed.ray_eval import RayRunner, source_from_engine
+
+    source = source_from_engine(engine, args.backend, args.checkpoint, precision, getattr(args, "device", "cpu"))
+    return RayRunner(source, address=args.ray, replicas=args.replicas, threads_per_replica=args.threads_per_replica,
+                     shard_size=args.shard_images)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from deployzoo.pipeline import open_engine, predict_files
     from deployzoo.predictions import write_predictions
@@ -225,7 +271,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_weights(engine.loaded, args.verbose)
     failed: list[dict[str, str]] = []  # images whose header was fine but whose data does not decode
     records = predict_files(engine, images, score_threshold=args.score_thr, max_dets=args.max_dets, out_dir=out,
-                            skipped=failed)
+                            skipped=failed, runner=_ray_runner(args, engine, precision) if args.ray else None)
     path = write_predictions(out / "predictions.json", records)
     done = len(images) - len(failed)
     if spec.task == "semantic-segmentation":
@@ -250,6 +296,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_evaluator(args.coco_evaluator)  # installed, before any weights load
     checked = _check_data(spec, args.data, skip_bad=args.skip_bad, limit=args.limit)
+    runner = None  # the local pipeline, unless --ray
+    if args.dumps and args.ray is not None:
+        raise DeployzooError("--dumps evaluates outputs already computed, --ray computes them on a cluster: drop one")
     if args.dumps:
         names = split_names(checked.dataset)  # the .bin names `data to-bin --data` gave these images
         infer = dump_infer(spec, args.dumps, {i: names[i] for i in checked.ids})
@@ -268,13 +317,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if guard is not None:  # auto's timings vary from run to run: they stay out of what --resume compares
             fingerprint["accuracy_guard"] = {k: v for k, v in guard.items() if k != "auto"}
         describe = engine.describe()
+        if args.ray is not None:  # replicas of this engine over a Ray cluster (deployzoo.distributed.ray_eval)
+            runner = _ray_runner(args, engine, precision)
     outcome = evaluate_dataset(spec, args.data, infer, args.batch, out, fingerprint, protocol=args.protocol,
                                resume=args.resume, skip_bad=args.skip_bad, workers=args.workers, limit=args.limit,
-                               checked=checked, coco_evaluator=args.coco_evaluator)
+                               runner=runner, checked=checked, coco_evaluator=args.coco_evaluator)
     print(outcome.metrics.table())
     print()
     print(f"Stages ({describe.get('backend')}, {describe.get('precision', 'fp32')}, batch {args.batch}):")
     print(outcome.run.timer.table())
+    if outcome.run.extra.get("ray"):
+        from deployzoo.distributed.ray_eval import format_report
+
+        print(format_report(outcome.run.extra["ray"]))
     skipped = outcome.summary["images_skipped"]
     if skipped:
         print(f"\n{len(skipped)} images skipped as bad input (listed in metrics.json)")
@@ -582,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(positional_list="images")  # images may come before, between or after options
     p.add_argument("--score-thr", type=float, default=0.0)
     p.add_argument("--max-dets", type=int, default=None, help="default: everything the original model returns")
+    _add_ray_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = command(sub, "eval", help="evaluate on the model's dataset")
@@ -596,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes (0 = in the main process)")
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
+    _add_ray_args(p)
     p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
                    help="COCO AP by pycocotools (default, the reference) or faster-coco-eval (extra 'fastcoco')")
     p.set_defaults(func=cmd_eval)

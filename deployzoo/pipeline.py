@@ -102,6 +102,7 @@ def predict_files(
     batch_size: int | None = None,
     out_dir: str | Path | None = None,
     skipped: list[dict[str, str]] | None = None,
+    runner: Any = None,
 ) -> list[dict]:
     """Predictions records (see deployzoo.predictions) for image files, in the order given.
 
@@ -109,12 +110,14 @@ def predict_files(
     models' label maps are written as palette PNGs under ``out_dir`` named by ``output_names`` (the stem, made
     unique where inputs share one; the records name them). ``skipped``: a list that receives ``{"path",
     "problem"}`` of each image that cannot be decoded, which is then left out (the others are still run);
-    without it such an image raises BadInputError.
+    without it such an image raises BadInputError. ``runner``: what runs the images (default
+    ``runner.run_dataset``; deployzoo.distributed.ray_eval.RayRunner spreads them over a Ray cluster).
     """
     spec = engine.spec
     postprocess = spec.make_postprocess()
     items = items_from_paths(paths)  # ids: unique output names
-    run = run_dataset(items, spec.preprocess, engine.infer, postprocess, batch_size or engine.backend.batch_size,
+    run_images = runner or run_dataset
+    run = run_images(items, spec.preprocess, engine.infer, postprocess, batch_size or engine.backend.batch_size,
                       spec.make_feeds, workers=0, progress=False, batch_key=spec.batch_key,
                       per_detection=spec.ranked_outputs, skip_bad=skipped is not None)
     if skipped is not None:
@@ -169,6 +172,7 @@ def evaluate_dataset(
     limit: int | None = None,
     progress: bool = True,
     checked: CheckedSplit | None = None,
+    runner: Any = None,
     skip_nonfinite: bool | None = None,
     coco_evaluator: str = "pycocotools",
 ) -> EvalOutcome:
@@ -180,7 +184,9 @@ def evaluate_dataset(
     the figure with the skipped images' objects counted as missed (``skipped_images_policy``).
 
     The split is checked first (``task.validate``; pass ``checked`` when the caller already did, before its
-    expensive part), so a bad annotation or image file stops the run before any inference."""
+    expensive part), so a bad annotation or image file stops the run before any inference. ``runner``: what
+    runs the images (default ``runner.run_dataset``; deployzoo.distributed.ray_eval.RayRunner: a Ray cluster,
+    writing the same result shards, so --resume works across both)."""
     task = spec.evaluation
     protocol = protocol or task.protocols[0]
     if protocol not in task.protocols:
@@ -193,7 +199,8 @@ def evaluate_dataset(
     if spec.batch_key is not None and batch_size > 1:
         items = sorted(items, key=lambda item: checked.sizes[item.image_id])  # batches of one size stay full
     store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
-    run = run_dataset(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
+    run_images = runner or run_dataset
+    run = run_images(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name,
                       batch_key=spec.batch_key, per_detection=spec.ranked_outputs, skip_nonfinite=skip_nonfinite)
     bad_images = {s["image_id"] for s in run.skipped}
@@ -236,6 +243,7 @@ def evaluate_dataset(
         **common,
         "headline": {**common["headline"], "published": spec.published.value},
         "stages": run.timer.to_dict(),
+        **run.extra,  # a Ray run's "ray": replicas, their throughput, the overhead (deployzoo.distributed.ray_eval)
         "engine": fingerprint,
     }
     write_scores(out_dir, task, scores, summary)
