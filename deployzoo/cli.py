@@ -288,8 +288,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from deployzoo.registry import get_spec
+    from deployzoo.tasks.protocol_choice import choose_protocol, protocol_equals
     from deployzoo.pipeline import dump_infer, evaluate_dataset, fingerprint_file, open_engine, split_names
 
+    args.protocol = choose_protocol(get_spec(args.model).evaluation, args.protocol)  # refused before any file is read
     spec = _spec(args)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     from deployzoo.eval.coco_eval import check_evaluator
@@ -339,7 +342,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         print(f"warning: the engine's outputs are not finite (NaN or infinite) on {summary_line(non_finite)}: "
               f"those images are skipped and the figure below leaves them out")
-    print(f"\n{spec.evaluation.metric_name} ({outcome.summary['protocol']} protocol): {outcome.headline:.2f} "
+    equals = protocol_equals(spec.evaluation, outcome.summary['protocol'])
+    print(f"\n{spec.evaluation.metric_name} ({outcome.summary['protocol']} protocol{', = ' + equals if equals else ''}): "
+          f"{outcome.headline:.2f} "
           f"(published {spec.published.value}: {spec.published.source})")
     from deployzoo.score import policy_lines
 
@@ -646,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--batch", type=_batch_size, default=8)
     p.add_argument("--protocol", default=None,
-                   help="the task's first protocol by default; VOC: clean or refinedet-pytorch; COCO: standard")
+                   help="default: the one the model's published figure was measured with; VOC: voc-devkit, "
+                        "refinedet-pytorch, detectron2 or mmdet (README 'VOC07 protocols'); COCO: standard")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--skip-bad", action="store_true", help="skip unusable images/annotations with a warning")
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes (0 = in the main process)")

@@ -12,6 +12,7 @@ from deployzoo.engine import load_model, make_backend
 from deployzoo.cache import cached_onnx
 from deployzoo.pipeline import evaluate_dataset, fingerprint_file, open_engine
 from deployzoo.registry import get_spec
+from deployzoo.tasks.protocol_choice import choose_protocol
 from deployzoo.verify import compare_engines
 
 
@@ -62,7 +63,7 @@ def run_main_job(
             f"NOTE: no dataset given: evaluated on {num_images} generated synthetic images in the "
             f"{spec.evaluation.dataset_name} layout ({data}); the accuracy is not comparable with the published figure."
         )
-    protocol = protocol or spec.evaluation.protocols[0]
+    protocol = choose_protocol(spec.evaluation, protocol)  # refused here, before the export
     for n in notes:
         _say(n)
 

@@ -12,6 +12,7 @@ from deployzoo.backends.base import Backend
 from deployzoo.cache import cached_onnx, kind_dir
 from deployzoo.data.loader import ImageItem, items_from_paths
 from deployzoo.engine import LoadedModel, load_model, make_backend
+from deployzoo.tasks.protocol_choice import choose_protocol
 from deployzoo import nonfinite
 from deployzoo.errors import DeployzooError
 from deployzoo.export.onnx_export import ExportResult, export_onnx
@@ -188,9 +189,7 @@ def evaluate_dataset(
     runs the images (default ``runner.run_dataset``; deployzoo.distributed.ray_eval.RayRunner: a Ray cluster,
     writing the same result shards, so --resume works across both)."""
     task = spec.evaluation
-    protocol = protocol or task.protocols[0]
-    if protocol not in task.protocols:
-        raise DeployzooError(f"unknown protocol '{protocol}' for {task.metric_name}; choose from {', '.join(task.protocols)}")
+    protocol = choose_protocol(task, protocol)  # refused (removed or unknown) before any inference
     out_dir = Path(out_dir)
     if checked is None:
         checked = task.validate(data_root, skip_bad=skip_bad, limit=limit)

@@ -180,7 +180,7 @@ def make_spec_320(num_classes: int = 20) -> ModelSpec:
         preprocess=partial(preprocess, size=320),
         preprocess_description=PREPROCESS_DESCRIPTION,
         make_postprocess=RefineDetPostprocess,
-        evaluation=VOCDetectionTask(year="2007", split="test", class_names=names),
+        evaluation=VOCDetectionTask(year="2007", split="test", class_names=names, protocol="refinedet-pytorch"),
         output_shapes={"arm_loc": (6375, 4), "arm_conf": (6375, 2), "odm_loc": (6375, 4), "odm_conf": (6375, c)},
         output_notes={
             "arm_loc": "[B,6375,4] ARM box offsets (variances 0.1, 0.2) against the priors",

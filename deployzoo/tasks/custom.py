@@ -105,7 +105,7 @@ def task_for_classes(task, class_names: Sequence[str], category_ids: Sequence[in
         layout = {"annotation_file": getattr(task, "annotation_file", None), "image_dir": getattr(task, "image_dir", None)}
         return CustomCOCOTask(task.split, class_names, category_ids, task.iou_types, **layout)
     if isinstance(task, VOCDetectionTask):
-        return CustomVOCTask(task.year, task.split, class_names)
+        return CustomVOCTask(task.year, task.split, class_names, protocol=task.protocols[0])  # the model's protocol
     if isinstance(task, VOCSegmentationTask):
         return CustomVOCSegTask(task.year, task.split, class_names, task.ignore_index)
     raise TypeError(f"no class-list variant of {type(task).__name__}")

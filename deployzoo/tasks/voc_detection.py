@@ -9,19 +9,27 @@ import numpy as np
 from deployzoo.data.synthetic_voc import make_synthetic_voc
 from deployzoo.data.voc import VOC_CLASSES, VOCAnnotation, VOCDetection
 from deployzoo.errors import BadInputError
-from deployzoo.eval.voc07 import PROTOCOLS, ImageDetections, VOCEvalResult, evaluate_voc
+from deployzoo.eval.voc07 import (AGREEMENT, PROTOCOLS, RETIRED_PROTOCOLS, ImageDetections, VOCEvalResult,
+                                  evaluate_voc)
 from deployzoo.structures import Detections
 from deployzoo.tasks import reference_truth
 from deployzoo.tasks.validation import CheckedSplit, check_split, size_mismatch
 
 
 class VOCDetectionTask:
-    """Adapter the pipeline uses for models judged by VOC07 11-point mAP."""
+    """Adapter the pipeline uses for models judged by VOC07 11-point mAP.
+
+    ``protocol``: the model's default, the one its published figure was measured with (see
+    deployzoo.eval.voc07); ``protocols`` lists it first, then the others."""
 
     metric_name = "VOC07 11-point mAP"
-    protocols = PROTOCOLS
+    retired_protocols = RETIRED_PROTOCOLS  # removed name -> message naming what to use instead
 
-    def __init__(self, year: str = "2007", split: str = "test", class_names: Sequence[str] = VOC_CLASSES):
+    def __init__(self, year: str = "2007", split: str = "test", class_names: Sequence[str] = VOC_CLASSES,
+                 protocol: str = "voc-devkit"):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown VOC protocol {protocol!r}; expected one of {tuple(PROTOCOLS)}")
+        self.protocols = (protocol, *(p for p in PROTOCOLS if p != protocol))
         self.year = year
         self.split = split
         self.class_names = tuple(class_names)
@@ -66,13 +74,18 @@ class VOCDetectionTask:
         self,
         results: Mapping[str, Detections],
         annotations: Mapping[str, VOCAnnotation],
-        protocol: str = "clean",
+        protocol: str | None = None,
     ) -> VOCEvalResult:
-        """VOC07 mAP over the images in ``annotations`` (those skipped as bad are left out by the caller)."""
+        """VOC07 mAP over the images in ``annotations`` (those skipped as bad are left out by the caller),
+        under ``protocol`` (default: the model's, ``protocols[0]``)."""
         dets = {
             image_id: ImageDetections(d.boxes, d.scores, d.labels) for image_id, d in results.items() if image_id in annotations
         }
-        return evaluate_voc(dets, annotations, self.class_names, protocol=protocol)
+        return evaluate_voc(dets, annotations, self.class_names, protocol=protocol or self.protocols[0])
+
+    def protocol_equals(self, protocol: str) -> str:
+        """What ``protocol``'s figures equal (framework, file), for reports."""
+        return PROTOCOLS[protocol].equals
 
     @staticmethod
     def headline(result: VOCEvalResult) -> float:
@@ -96,4 +109,5 @@ class VOCDetectionTask:
                                             ref.labels.astype(np.int64), np.zeros(len(ref), dtype=bool))
         if not any(len(t.labels) for t in truth.values()):
             return None
-        return self.headline(self.evaluate({k: candidate[k] for k in truth}, truth))
+        dets = {k: ImageDetections(candidate[k].boxes, candidate[k].scores, candidate[k].labels) for k in truth}
+        return self.headline(evaluate_voc(dets, truth, self.class_names, protocol=AGREEMENT))
