@@ -210,8 +210,8 @@ def write_scores(out_dir: str | Path, task: Any, scores: Scores, summary: dict[s
     written = []
     if scores.coco_records is not None:
         written += write_coco_results(out_dir, task, scores.coco_records)
-    write_json(out_dir / "metrics.json", summary, reasons={
-        "headline.value": f"{task.metric_name} is undefined on these images: there is no ground truth to score against"})
+    undefined = f"{task.metric_name} is undefined on these images: there is no ground truth to score against"
+    write_json(out_dir / "metrics.json", summary, reasons={"headline.value": undefined})
     return [out_dir / "metrics.json", *written]
 
 

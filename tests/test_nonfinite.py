@@ -133,7 +133,7 @@ def test_dumps_with_skip_bad_skip_and_count_the_image(tmp_path, voc3, capsys):
     (entry,) = [s for s in metrics["images_skipped"] if "non_finite" in s]
     assert entry["image_id"] == ids[2] and entry["non_finite"]["odm_loc"]["nan"] == 12
     detections = _strict(out / "detections.json")
-    assert {d["file_name"] for d in detections} <= {ids[0], ids[1]}
+    assert {d["image_id"] for d in detections} <= {ids[0], ids[1]}
 
 
 def test_clean_run_says_every_output_was_checked(tmp_path, voc3):

@@ -111,7 +111,8 @@ def test_eval_writes_label_maps_predictions_and_resumes(outcomes, pspnet_spec, s
     assert len(records) == 5
     for record in records:
         labels = read_label_png(outcome.out_dir / record["label_map"])
-        assert np.array_equal(labels, outcome.run.results[record["file_name"]].labels)
+        assert np.array_equal(labels, outcome.run.results[record["image_id"]].labels)
+        assert record["file_name"] == record["image_id"] + ".jpg"
         assert sum(record["pixels"].values()) == record["height"] * record["width"]
     metrics = json.loads((outcome.out_dir / "metrics.json").read_text())
     assert metrics["headline"]["metric"] == "mIoU" and metrics["headline"]["published"] == 76.78
