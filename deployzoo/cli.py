@@ -33,7 +33,8 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     p.add_argument("model", help="registry name (see `deployzoo models`)")
     p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
     p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
-    p.add_argument("--backend", default=backend_default, choices=list(BACKENDS))
+    p.add_argument("--backend", default=backend_default, choices=list(BACKENDS),
+                       help=f"engine to run (default {backend_default}); ONNX backends use the engine cache's export")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
     _add_precision_args(p)
 
@@ -106,16 +107,21 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from deployzoo.registry import get_spec, model_names
+    from deployzoo.zoo_listing import as_json, listing
 
-    rows = [("name", "task", "dataset", "input (HxW)", "checkpoint format", "published")]
-    for name in model_names():
-        s = get_spec(name)
-        rows.append((s.name, s.task, s.dataset, f"{s.input_hw[0]}x{s.input_hw[1]}", s.checkpoint_format,
-                     f"{s.published.metric} {s.published.value}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if args.json:
+        import json
+
+        print(json.dumps(as_json(), indent=1, allow_nan=False))
+    else:
+        print(listing(wide=args.wide))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from deployzoo.doctor import report
+
+    print(report())
     return 0
 
 
@@ -278,6 +284,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(records)} label maps -> {path} and {out / 'label_maps'}/*.png")
     else:
         print(f"{len(records)} detections on {done} images -> {path}")
+    if args.draw:
+        from deployzoo.pictures import PICTURE_DIR, predict_pictures
+
+        pictures = predict_pictures(spec, images, records, out, stand_in="stand-in" in engine.weights,
+                                    score_threshold=args.draw_thr, skip=[f["path"] for f in failed])
+        print(f"{len(pictures)} pictures -> {out / PICTURE_DIR}/*.png (--no-draw to skip)")
     if skipped or (failed and args.skip_bad):
         print(f"{len(skipped) + len(failed)} of {len(args.images)} images skipped as bad input (warnings above)")
     if failed and not args.skip_bad:
@@ -354,6 +366,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"resumed: {outcome.run.resumed} images taken from the interrupted run, {outcome.run.computed} computed now")
     results = "predictions.json and label_maps/" if spec.task == "semantic-segmentation" else "detections.json"
     print(f"wrote {out / 'metrics.json'} and {out / results}")
+    if args.pictures > 0:
+        from deployzoo.pictures import PICTURE_DIR, eval_pictures
+
+        pictures = eval_pictures(spec, outcome.run.results, outcome.annotations, checked.dataset.image_path, out,
+                                 count=args.pictures, stand_in="stand-in" in str(fingerprint.get("weights", "")))
+        print(f"wrote {len(pictures)} pictures to {out / PICTURE_DIR} (the first {args.pictures} images and the "
+              f"{args.pictures} that disagree most with the ground truth; --pictures 0 skips them)")
     return 0
 
 
@@ -609,7 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
     def command(subparsers, name: str, **kw) -> argparse.ArgumentParser:
         return subparsers.add_parser(name, parents=[common], **kw)
 
-    command(sub, "models", help="list the zoo").set_defaults(func=cmd_models)
+    p = command(sub, "models", help="list the zoo: architectures, registry names, variants (fits 100 columns)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--wide", action="store_true", help="also each checkpoint's file format (long lines)")
+    g.add_argument("--json", action="store_true", help="everything about every model as JSON")
+    p.set_defaults(func=cmd_models)
+    command(sub, "doctor", help="what is usable here: backends and versions, CPU features (AVX-512, VNNI, bf16, "
+                                "AMX), GPU, threads, engine cache").set_defaults(func=cmd_doctor)
 
     p = command(sub, "cache", help="the engine cache: exported ONNX, OpenVINO IRs, AOTInductor packages "
                                     "($DEPLOYZOO_CACHE, default ~/.cache/deployzoo)")
@@ -621,12 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_cache)
 
     p = command(sub, "export", help="export a model to ONNX")
-    p.add_argument("model")
-    p.add_argument("--checkpoint")
-    p.add_argument("--out", required=True)
+    p.add_argument("model", help="registry name (see `deployzoo models`)")
+    p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights "
+                                         "(the file's metadata says so)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--batch", type=_batch_size, default=1)
-    g.add_argument("--dynamic-batch", action="store_true")
+    g.add_argument("--batch", type=_batch_size, default=1, help="fixed batch size of the graph (default 1)")
+    g.add_argument("--dynamic-batch", action="store_true", help="a free batch dimension instead of a fixed one")
     p.add_argument("--output", choices=["logits", "labels"],
                    help="segmentation graph contract: seg logits at the network input (default) or the uint8 "
                         "label map at the original size (the model name then gets '-labels')")
@@ -634,22 +660,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "predict", help="detect objects in image files; writes DIR/predictions.json")
     _add_engine_args(p)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch", type=_batch_size, default=1)
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...), in any order among the options")
+    p.add_argument("--out", required=True, help="results folder: predictions.json, label_maps/, pictures/ "
+                                                "(no model files: those go to the engine cache)")
+    p.add_argument("--batch", type=_batch_size, default=1, help="images per inference call (default 1)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unusable images with a warning (counted) instead of stopping before the run")
     p.set_defaults(positional_list="images")  # images may come before, between or after options
-    p.add_argument("--score-thr", type=float, default=0.0)
+    p.add_argument("--score-thr", type=float, default=0.0,
+                   help="keep detections scoring at least this in predictions.json (default 0: all)")
     p.add_argument("--max-dets", type=int, default=None, help="default: everything the original model returns")
     _add_ray_args(p)
+    p.add_argument("--draw", action=argparse.BooleanOptionalAction, default=True,
+                   help="write DIR/pictures/<name>.png per input: boxes, class names, scores, masks, or the label "
+                        "map with a legend, at the image's own size (default: on; --no-draw skips it)")
+    p.add_argument("--draw-thr", type=float, default=0.3,
+                   help="pictures show detections scoring at least this (default 0.3; when none does, the 5 best, "
+                        "said so on the picture); predictions.json keeps --score-thr")
     p.set_defaults(func=cmd_predict)
 
     p = command(sub, "eval", help="evaluate on the model's dataset")
     _add_engine_args(p)
     p.add_argument("--data", required=True, help="dataset root (VOCdevkit for VOC models)")
-    p.add_argument("--out")
-    p.add_argument("--batch", type=_batch_size, default=8)
+    p.add_argument("--out", help="results folder (default runs/eval-MODEL-BACKEND-PRECISION)")
+    p.add_argument("--batch", type=_batch_size, default=8, help="images per inference call (default 8)")
     p.add_argument("--protocol", default=None,
                    help="default: the one the model's published figure was measured with; VOC: voc-devkit, "
                         "refinedet-pytorch, detectron2 or mmdet (README 'VOC07 protocols'); COCO: standard")
@@ -659,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
     _add_ray_args(p)
+    p.add_argument("--pictures", type=int, default=3, metavar="N",
+                   help="write OUT/pictures/: the first N images and the N that disagree most with the ground "
+                        "truth, drawn (default 3; 0: none)")
     p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
                    help="COCO AP by pycocotools (default, the reference) or faster-coco-eval (extra 'fastcoco')")
     p.set_defaults(func=cmd_eval)
@@ -669,21 +706,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictions.json / detections.json (deployzoo's contract) or a COCO results json")
     p.add_argument("--dataset", choices=["coco", "voc07", "voc12seg"], help="default: recognised from the layout")
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
-    p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"])
+    p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
+                   help="COCO AP by pycocotools (default, the reference) or faster-coco-eval (extra 'fastcoco')")
     p.add_argument("--out", help="where metrics.json goes (default: beside the predictions file, score/)")
     p.set_defaults(func=cmd_score)
 
     p = command(sub, "bench", help="pure-inference benchmark over batch sizes")
     p.add_argument("model", help="registry name or an exported .onnx")
     p.add_argument("--onnx", help="benchmark this exported .onnx as MODEL (for a file without deployzoo metadata)")
-    p.add_argument("--checkpoint")
-    p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
-    p.add_argument("--batch", type=_batch_list, default=[1, 4, 8])
+    p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
+    p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS), help="engine to time (default onnxruntime)")
+    p.add_argument("--batch", type=_batch_list, default=[1, 4, 8], help="comma-separated batch sizes (default 1,4,8)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 3); with --e2e, passes (default 1)")
     p.add_argument("--iters", type=int, default=10, help="at least this many timed iterations")
     p.add_argument("--min-seconds", type=float, default=5.0, help="and at least this long")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--out", help="results folder for the JSON and CSV (default runs/bench)")
     p.add_argument("--data", help="dataset for the accuracy guard (fp16, bf16, auto)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--no-native", dest="native", action="store_false",
@@ -702,44 +740,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "compare", help="engine against the PyTorch model on the same images")
     _add_engine_args(p)
     p.add_argument("--images", nargs="+", help="image files (default: the first --num-images of --data)")
-    p.add_argument("--data")
-    p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--batch", type=_batch_size, default=1)
-    p.add_argument("--out")
+    p.add_argument("--data", help="dataset root whose first --num-images images are compared")
+    p.add_argument("--num-images", type=int, default=4, help="images compared when none are listed (default 4)")
+    p.add_argument("--batch", type=_batch_size, default=1, help="the engine's batch size (default 1)")
+    p.add_argument("--out", help="results folder for compare.json (default runs/compare-MODEL-BACKEND-PRECISION)")
     p.set_defaults(func=cmd_compare)
 
     p = command(sub, "data", help="dataset tools: vendor .bin layout, synthetic datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     q = command(data_sub, "to-bin", help="preprocessed images as raw float32 .bin + .info")
-    q.add_argument("model")
-    q.add_argument("images", nargs="*")
-    q.add_argument("--data")
-    q.add_argument("--limit", type=int)
-    q.add_argument("--workers", type=int, default=0)
-    q.add_argument("--out", required=True)
+    q.add_argument("model", help="registry name: its preprocessing is applied")
+    q.add_argument("images", nargs="*", help="image files (or --data)")
+    q.add_argument("--data", help="dataset root: its split's images, named as `eval --dumps` expects")
+    q.add_argument("--limit", type=int, help="only the first N images of --data's split")
+    q.add_argument("--workers", type=int, default=0, help="preprocessing processes (0 = in the main process)")
+    q.add_argument("--out", required=True, help="folder for the .bin files, input.info and images.info")
     q.set_defaults(func=cmd_data, positional_list="images")  # images may come before, between or after options
     q = command(data_sub, "synthetic", help="write a small synthetic dataset in the official layout")
-    q.add_argument("model")
-    q.add_argument("--out", required=True)
-    q.add_argument("--num-images", type=int, default=16)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("model", help="registry name: the dataset layout and classes are its dataset's")
+    q.add_argument("--out", required=True, help="folder the dataset is written to")
+    q.add_argument("--num-images", type=int, default=16, help="images to generate (default 16)")
+    q.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same files")
     q.set_defaults(func=cmd_data)
 
     p = command(sub, "matrix", help="benchmark models x backends x precisions x batch sizes; resumable")
     p.add_argument("--models", default="all", help="comma-separated registry names, or 'all' (the whole zoo)")
     p.add_argument("--backends", default="onnxruntime,openvino,pytorch", help=f"comma-separated, of {', '.join(BACKENDS)}")
     p.add_argument("--precisions", default="fp32,fp16", help="comma-separated, of fp32, fp16, bf16, int8")
-    p.add_argument("--batch", type=_batch_list, default=[1, 4])
+    p.add_argument("--batch", type=_batch_list, default=[1, 4], help="comma-separated batch sizes (default 1,4)")
     p.add_argument("--out", required=True, help="results folder; finished cells there are kept and reused")
     p.add_argument("--fresh", action="store_true", help="measure every cell again instead of resuming")
     p.add_argument("--checkpoint", help="official checkpoint (with a single model only)")
     p.add_argument("--data", help="dataset for the accuracy guard (default: a synthetic set per dataset)")
-    p.add_argument("--guard-images", type=int, default=4)
+    p.add_argument("--guard-images", type=int, default=4, help="images the accuracy guard evaluates (default 4)")
     p.add_argument("--guard-tolerance", type=float, default=0.5, help="largest metric drop (points) below fp32")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing each cell (default 1)")
     p.add_argument("--iters", type=int, default=3, help="at least this many timed iterations per cell")
     p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--overhead", action="store_true",
                    help="also time ONNX Runtime's / OpenVINO's own run loop in each cell and report the ratio")
@@ -749,17 +787,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_matrix)
 
     p = command(sub, "run", help="the main job: export, compare, evaluate, benchmark, report")
-    p.add_argument("model")
-    p.add_argument("--checkpoint")
-    p.add_argument("--data")
-    p.add_argument("--out", required=True)
+    p.add_argument("model", help="registry name (see `deployzoo models`)")
+    p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
+    p.add_argument("--data", help="dataset root; without it, a generated synthetic set (said so)")
+    p.add_argument("--out", required=True, help="results folder: report.md, report.json, eval/, bench.*")
     p.add_argument("--batch", type=_batch_list, default=None, help="batch sizes to benchmark (default: the model's)")
-    p.add_argument("--eval-batch", type=_batch_size, default=None)
+    p.add_argument("--eval-batch", type=_batch_size, default=None, help="batch size of the evaluation (default: the model's)")
     p.add_argument("--num-images", type=int, default=None, help="synthetic images when no --data")
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
     p.add_argument("--min-seconds", type=float, default=None, help="minimum duration of each benchmark cell")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--workers", type=int, default=1, help="preprocessing processes (0 = in the main process)")
     p.set_defaults(func=cmd_run)
     _add_fine_tune_args(sub.choices, data_sub.choices)
     return parser

@@ -73,7 +73,7 @@ def test_clear_removes_only_the_cache_kinds(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_predict_leaves_no_model_in_out_and_reuses_the_cached_graph(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("DEPLOYZOO_CACHE", str(tmp_path / "cache"))
-    args = ["predict", REFINEDET, str(IMAGE)]
+    args = ["predict", REFINEDET, str(IMAGE), "--no-draw"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     first = capsys.readouterr().out
     assert "exporting" in first and "into the engine cache" in first
