@@ -34,7 +34,7 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
     p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
     p.add_argument("--backend", default=backend_default, choices=list(BACKENDS),
-                       help=f"engine to run (default {backend_default}); ONNX backends use the engine cache's export")
+                   help=f"engine to run (default {backend_default}); ONNX backends use the engine cache's export")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
     _add_precision_args(p)
 
