@@ -587,7 +587,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         from deployzoo.engine import load_model
 
         load_model(get_spec(models[0]), args.checkpoint)
-    cells = matrix.run()
+    if args.ray is not None:  # cells as Ray tasks, one per node at a time on all its CPUs
+        from deployzoo.distributed.ray_matrix import run_matrix_on_ray
+
+        cells = run_matrix_on_ray(matrix, args.ray)
+    else:
+        cells = matrix.run()
     env = environment() | {"threads": args.threads or "backend default"}
     paths = write_matrix_reports(args.out, cells, env)
     print(matrix_table(cells))
@@ -770,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_batch_list, default=[1, 4], help="comma-separated batch sizes (default 1,4)")
     p.add_argument("--out", required=True, help="results folder; finished cells there are kept and reused")
     p.add_argument("--fresh", action="store_true", help="measure every cell again instead of resuming")
+    p.add_argument("--ray", nargs="?", const="local", default=None, type=_ray_address, metavar="ADDRESS",
+                   help="run the cells as Ray tasks, each alone on one node's CPUs (pip install 'deployzoo[ray]'): "
+                        "'local' (no ADDRESS) on this machine; an address joins a cluster")
     p.add_argument("--checkpoint", help="official checkpoint (with a single model only)")
     p.add_argument("--data", help="dataset for the accuracy guard (default: a synthetic set per dataset)")
     p.add_argument("--guard-images", type=int, default=4, help="images the accuracy guard evaluates (default 4)")

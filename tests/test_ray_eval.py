@@ -177,3 +177,17 @@ def test_predict_over_ray_gives_the_local_records(tmp_path, ray_cluster, refined
     local = predict_files(engine, images, max_dets=20)
     distributed = predict_files(engine, images, max_dets=20, runner=_runner(engine, replicas=2))
     assert distributed == local and {r["path"] for r in local} <= {str(p) for p in images}
+
+
+@pytest.mark.slow
+def test_matrix_cells_run_as_ray_tasks_alone_on_the_node(tmp_path, ray_cluster):
+    args = ["matrix", "--models", "refinedet320-vgg16-voc", "--backends", "onnxruntime", "--precisions", "fp32",
+            "--batch", "1", "--iters", "2", "--min-seconds", "0.2", "--warmup", "1", "--out", str(tmp_path / "m")]
+    assert main([*args, "--ray"]) == 0
+    path = tmp_path / "m" / "cells" / "refinedet320-vgg16-voc" / "onnxruntime-fp32-b1.json"
+    cell = json.loads(path.read_text())
+    assert cell["status"] == "ok" and cell["stats"]["n"] >= 2
+    assert cell["ray"]["num_cpus"] == 2  # the whole node's CPUs: no other cell or replica beside it
+    before = path.read_text()
+    assert main(args) == 0  # a local run reuses the cell the Ray run stored (measuring again would change it)
+    assert path.read_text() == before
