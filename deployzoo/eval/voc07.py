@@ -156,8 +156,9 @@ RETIRED_PROTOCOLS: dict[str, str] = {
 AGREEMENT = replace(PROTOCOLS["voc-devkit"], name="agreement", mean_over_all=False,
                     equals="VOC devkit matching, mean over the classes present in the reference")
 
-# MATLAB's 0:0.1:1 (the colon operator works from both ends; Moler, "colonop"): k*0.1 up to the middle,
-# 1 - (10-k)*0.1 after it. numpy.arange gives 0.6000000000000001 and 0.7000000000000001 instead.
+# MATLAB's 0:0.1:1: the colon operator fills the first half as a + k*d and the second half as b - k*d
+# (MathWorks' colonop.m), so 0.6 = 1 - 0.4 and 0.7 = 1 - 0.30000000000000004 are the doubles nearest 0.6 and
+# 0.7. numpy.arange (and Octave) give 0.6000000000000001 and 0.7000000000000001 instead.
 _MATLAB_TENTHS = np.array([k * 0.1 for k in range(6)] + [1.0 - (10 - k) * 0.1 for k in range(6, 11)])
 _NUMPY_TENTHS = np.arange(0.0, 1.1, 0.1)  # py-faster-rcnn's and mmdet's thresholds (0.30000000000000004, ...)
 
