@@ -45,6 +45,7 @@ def run_main_job(
     from deployzoo.fine_tuned import spec_for
 
     t_start = time.perf_counter()
+    protocol = choose_protocol(get_spec(model_name).evaluation, protocol)  # refused before any file is read
     spec = spec_for(get_spec(model_name), checkpoint, classes, data=data, annotations=annotations, images=image_dir)
     # A given dataset is checked whole before anything is written, loaded or exported: a bad file fails in seconds.
     checked = spec.evaluation.validate(data) if data is not None else None
@@ -63,7 +64,6 @@ def run_main_job(
             f"NOTE: no dataset given: evaluated on {num_images} generated synthetic images in the "
             f"{spec.evaluation.dataset_name} layout ({data}); the accuracy is not comparable with the published figure."
         )
-    protocol = choose_protocol(spec.evaluation, protocol)  # refused here, before the export
     for n in notes:
         _say(n)
 

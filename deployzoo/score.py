@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from deployzoo.errors import BadInputError, DeployzooError
+from deployzoo.errors import BadInputError
 from deployzoo.structures import Detections, LabelMap
 
 COCO_RESULTS = "coco_results.{}.json"  # one per IoU type: bbox, segm
@@ -143,10 +143,9 @@ def score_predictions(
     Raises:
         DeployzooError: unknown protocol.
     """
-    protocol = protocol or task.protocols[0]
-    if protocol not in task.protocols:
-        raise DeployzooError(f"unknown protocol '{protocol}' for {task.metric_name}; choose from "
-                             f"{', '.join(task.protocols)}")
+    from deployzoo.tasks.protocol_choice import choose_protocol
+
+    protocol = choose_protocol(task, protocol)  # a removed name says what to use instead
     metrics = _evaluate(task, predictions, annotations, protocol, coco_evaluator)
     scores = Scores(metrics, task.headline(metrics), protocol,
                     coco_records=list(metrics.records) if is_coco(task) else None,

@@ -477,3 +477,17 @@ def test_eval_command_refuses_clean_before_loading_weights(tmp_path, synthetic_v
     err = capsys.readouterr().err
     assert rc == 2 and "'clean' was removed" in err and "voc-devkit" in err and "never-read" not in err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_score_and_run_refuse_clean_before_any_work(tmp_path):
+    from deployzoo.job import run_main_job
+    from deployzoo.score import score_predictions
+    from deployzoo.tasks.voc_detection import VOCDetectionTask
+
+    task = VOCDetectionTask()  # `deployzoo score` on a VOC set: no model, the official rule by default
+    assert task.protocols[0] == "voc-devkit"
+    with pytest.raises(DeployzooError, match="'clean' was removed"):
+        score_predictions(task, {}, {"x": ann("x", [[0, 0, 10, 10]], [0])}, protocol="clean")
+    with pytest.raises(DeployzooError, match="'clean' was removed"):
+        run_main_job("refinedet320-vgg16-voc", out_dir=tmp_path / "run", protocol="clean")
+    assert not (tmp_path / "run").exists()  # nothing written, loaded or exported
