@@ -11,7 +11,9 @@ from deployzoo.data.loader import ImageItem
 from deployzoo.engine import load_model, make_backend
 from deployzoo.cache import cached_onnx
 from deployzoo.pipeline import evaluate_dataset, fingerprint_file, open_engine
+from deployzoo.pictures import eval_pictures
 from deployzoo.registry import get_spec
+from deployzoo.run_report import plot_benchmark, protocol_reference, run_markdown
 from deployzoo.tasks.protocol_choice import choose_protocol
 from deployzoo.verify import compare_engines
 
@@ -86,6 +88,8 @@ def run_main_job(
     engine.backend.close()
     _say(outcome.metrics.table())
     _say(outcome.run.timer.table())
+    pictures = eval_pictures(spec, outcome.run.results, outcome.annotations, checked.dataset.image_path, out / "eval",
+                             count=2, stand_in=loaded.is_stand_in)
 
     _say(f"[4/5] pure-inference benchmark, batch sizes {list(batch_sizes)}")
     bench = bench_sweep(
@@ -95,6 +99,8 @@ def run_main_job(
     _say(sweep_table(bench))
     write_csv(out / "bench.csv", [{"batch": r.batch_size, **(r.stats.to_dict() if r.ok else {"error": r.error})}
                                   for r in bench])
+    plot = plot_benchmark(bench, out / "bench.png", f"{spec.name}: ONNX Runtime fp32, pure inference "
+                                                    f"({environment().get('cpu_model')})")
 
     _say("[5/5] report")
     stage_rows = outcome.run.timer.rows()
@@ -108,6 +114,10 @@ def run_main_job(
         "stand_in_weights": loaded.is_stand_in,
         "data": str(data),
         "synthetic_data": any("synthetic" in n for n in notes),
+        "num_images": num_images,
+        "images_evaluated": outcome.summary.get("images_evaluated"),
+        "pictures": pictures,
+        "bench_plot": None if plot is None else plot.name,
         "export": {"path": str(exported.path), "opset": exported.opset, "ir_version": exported.ir_version,
                    "batch": "dynamic", "op_types": exported.op_types, "size_bytes": exported.size_bytes},
         "agreement": agreement.to_dict(),
@@ -123,7 +133,10 @@ def run_main_job(
         "wall_seconds": time.perf_counter() - t_start,
     }
     write_json(out / "report.json", report)
-    (out / "report.md").write_text(_markdown(spec, report, agreement, outcome, bench, ratio, pure_at_eval, eval_batch))
+    (out / "report.md").write_text(run_markdown(
+        spec, report, agreement.table(), outcome.metrics.table(), sweep_table(bench), outcome.run.timer.table(), out,
+        pictures=pictures, plot=plot, protocol_reference=protocol_reference(spec.evaluation, protocol),
+        checkpoint=None if checkpoint is None else str(checkpoint)))
     _say(f"wrote {out / 'report.md'} and {out / 'report.json'} in {report['wall_seconds']:.0f} s")
     return report
 
@@ -135,45 +148,3 @@ def _pure_throughput_near(bench, batch: int) -> tuple[int, float] | None:
     best = min(ok, key=lambda r: (abs(r.batch_size - batch), -r.batch_size))
     return best.batch_size, best.stats.throughput
 
-
-def _markdown(spec, report, agreement, outcome, bench, ratio, pure_at_eval, eval_batch) -> str:
-    env = report["environment"]
-    acc = report["accuracy"]
-    lines = [f"# deployzoo report: {spec.name}", ""]
-    lines += [f"> {n}" for n in report["notes"]] + [""]
-    lines += [
-        f"Date {env.get('date')}; machine: {env.get('cpu_model')}, {env.get('logical_cores')} logical cores; "
-        f"python {env.get('python')}; versions {env.get('versions')}.",
-        "",
-        "## Accuracy",
-        "",
-        f"**{acc['metric']} = {acc['value']:.2f}** ({acc['protocol']} protocol) on {report['data']}; "
-        f"published: {acc['published']} ({acc['published_source']}).",
-        "",
-        outcome.metrics.table(),
-        "",
-        "## Engine against PyTorch (ONNX Runtime vs the PyTorch model, same preprocessed images)",
-        "",
-        agreement.table(),
-        "",
-        "## Pure-inference throughput (ONNX Runtime, fp32; basis: host latency of one infer call)",
-        "",
-        sweep_table(bench),
-        "",
-        f"## Real-data stages (ONNX Runtime, batch {eval_batch}; read + preprocess in worker processes)",
-        "",
-        outcome.run.timer.table(),
-        "",
-    ]
-    if ratio is not None:
-        lines.append(
-            f"End-to-end / pure-inference throughput: **{ratio:.2f}** "
-            f"({report['end_to_end_over_pure']['end_to_end_images_per_s']:.2f} images/s end to end at batch {eval_batch} "
-            f"vs {pure_at_eval[1]:.2f} images/s pure inference at batch {pure_at_eval[0]}). It is the real-data "
-            "pipeline's steady rate (files read and preprocessed in worker processes, the engine, host post-processing "
-            "overlapped with the next batch's inference; worker start-up not counted) over the engine's own rate on "
-            "inputs already in memory: 1.0 means the host work is fully hidden behind inference."
-        )
-    lines += ["", f"ONNX: {report['export']['path']} (opset {report['export']['opset']}, dynamic batch, "
-              f"default-domain ops only: {', '.join(report['export']['op_types'])})", ""]
-    return "\n".join(lines)

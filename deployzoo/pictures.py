@@ -140,8 +140,9 @@ def eval_pictures(spec: Any, results: Mapping[str, Detections | LabelMap], annot
     for why, chosen_ids in (("first", first), ("most disagreement", rest)):
         for k, i in enumerate(chosen_ids):
             photo = draw.read_photo(image_path(i))
-            caption = [f"{spec.name}: image {i} ({why}); disagreement with ground truth: "
-                       f"{scores[i]:.1f}{'%' if segmentation else ''}", *weights_caption(stand_in)]
+            amount = f"{scores[i]:.1f}%" if segmentation else f"{scores[i]:.0f}"
+            caption = [f"{spec.name}: image {i} ({why}); disagreement with ground truth: {amount}",
+                       *weights_caption(stand_in)]
             if segmentation:
                 picture = draw.draw_result(photo, results[i], spec, caption)
             else:

@@ -97,3 +97,19 @@ def test_predict_leaves_no_model_in_out_and_reuses_the_cached_graph(monkeypatch,
     assert main([*args, "--out", str(tmp_path / "c")]) == 0
     assert "cannot be reused" in capsys.readouterr().out
     assert main(["cache", "clear"]) == 0 and cache.entries() == []
+
+
+def test_an_engine_from_a_stand_in_onnx_says_so(tmp_path, refinedet_spec):
+    """Issue 18 item 5: the stand-in note travels with an exported graph (its metadata) into the engine's
+    weights description, which eval's metrics.json and predict's pictures carry."""
+    from test_model_files import REFINEDET_OUTPUTS, STAND_IN, tiny_onnx
+
+    from deployzoo.pipeline import onnx_weights_note, open_engine
+
+    stand_in = tiny_onnx(tmp_path / "s.onnx", REFINEDET_OUTPUTS, {"image": (3, 320, 320)},
+                         {"deployzoo.model": REFINEDET, "deployzoo.weights": STAND_IN})
+    engine = open_engine(refinedet_spec, "onnxruntime", 1, onnx_path=stand_in)
+    assert "exported from stand-in weights" in engine.weights and "NOT those of the trained model" in engine.weights
+    trained = tiny_onnx(tmp_path / "t.onnx", REFINEDET_OUTPUTS, {"image": (3, 320, 320)},
+                        {"deployzoo.model": REFINEDET, "deployzoo.weights": "RefineDet320_VOC_final.pth"})
+    assert onnx_weights_note(trained) == f"from {trained} (exported from RefineDet320_VOC_final.pth)"

@@ -24,6 +24,23 @@ def test_run_writes_a_complete_report(tmp_path, capsys):
     assert report["end_to_end_over_pure"]["ratio"] > 0
     text = (out / "report.md").read_text()
     assert text.index("stand-in weights") < text.index("## Accuracy")
-    for section in ("## Accuracy", "## Engine against PyTorch", "## Pure-inference throughput",
-                    "## Real-data stages", "End-to-end / pure-inference throughput"):
-        assert section in text
+    for section in ("## What this run did", "## Pictures", "## Accuracy", "### Published figure",
+                    "## Engine against PyTorch", "### Pure inference", "### Whole pipeline",
+                    "End-to-end / pure-inference throughput", "## Files written", "## Next steps"):
+        assert section in text, section
+    # issue 18 item 2, confusion by confusion
+    measured = next(line for line in text.splitlines() if line.startswith("**Measured in this run"))
+    assert "79.81" not in measured and "published" not in measured.lower()  # not on the published figure's line
+    assert "says nothing about the trained model" in text
+    assert "How it is computed (protocol 'refinedet-pytorch')" in text and "IoU >= 0.5" in text
+    assert "Why the per-class rows look odd" in text
+    assert "Real-data" not in text
+    assert "What it means:" in text  # the end-to-end / pure ratio explained
+    assert "--checkpoint CHECKPOINT.pth --data DATASET_ROOT" in text
+    # pictures and the plot embedded by relative paths that exist
+    import re
+
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert any(link.startswith("eval/pictures/") for link in links) and "bench.png" in links
+    assert all((out / link).is_file() for link in links)
+    assert not list(out.rglob("*.onnx"))  # the graph is in the engine cache
