@@ -281,6 +281,11 @@ def test_reports_name_the_protocol_and_what_it_equals(tmp_path):
     res = evaluate_voc(d, annotations, protocol="refinedet-pytorch")
     out = json.loads(json.dumps(res.to_dict()))  # JSON-ready
     assert out["protocol"] == "refinedet-pytorch" and "RefineDet.PyTorch eval_refinedet.py" in out["protocol_equals"]
+    assert out["protocol_rules"].startswith("IoU > 0.5 without +1 pixel areas, scores rounded to 3 decimals")
+    rules = {p: evaluate_voc({}, annotations, protocol=p).protocol_rules for p in NAMES}
+    for p in NAMES:  # the one-line rules say what the tests above check
+        assert rules[p].startswith(f"IoU {'>=' if INCLUSIVE[p] else '>'} 0.5 {'with' if PLUS_ONE[p] else 'without'} +1")
+        assert rules[p].endswith("classes with ground truth" if p == "mmdet" else "all classes")
     lines = res.table().splitlines()
     assert lines[2 + len(VOC_CLASSES)].startswith("| **mAP** |")
     assert lines[-1].startswith("protocol refinedet-pytorch: equals RefineDet.PyTorch")

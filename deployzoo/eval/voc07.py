@@ -112,6 +112,16 @@ class VOCProtocol:
     devkit: bool = False  # MATLAB: overlap only where iw>0 && ih>0, NaN-skipping max, colon thresholds
     mmdet: bool = False  # float32 IoU/precision/AP, per-image assignment order, difficult boxes stacked last
 
+    @property
+    def rules(self) -> str:
+        """The protocol's matching and averaging rules in one line, for reports."""
+        match = f"IoU {'>=' if self.inclusive else '>'} 0.5 {'with' if self.plus_one else 'without'} +1 pixel areas"
+        ties = "ties in file order (stable sort)" if self.stable_sort else "ties in numpy's default sort order"
+        rounding = f", scores rounded to {self.score_decimals} decimals" if self.score_decimals is not None else ""
+        mean = "all classes" if self.mean_over_all else "the classes with ground truth"
+        return (f"{match}{rounding}, {ties}, each box matched once (duplicates are false positives), difficult "
+                f"boxes neither count nor penalise, mAP = mean over {mean}")
+
 
 PROTOCOLS: dict[str, VOCProtocol] = {
     p.name: p
@@ -187,6 +197,7 @@ class VOCEvalResult:
     num_images: int
     iou_threshold: float = 0.5
     protocol_equals: str = ""
+    protocol_rules: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN written as None)."""
@@ -197,6 +208,7 @@ class VOCEvalResult:
             "map": clean(self.map),
             "protocol": self.protocol,
             "protocol_equals": self.protocol_equals,
+            "protocol_rules": self.protocol_rules,
             "metric": self.metric,
             "iou_threshold": self.iou_threshold,
             "num_images": self.num_images,
@@ -537,6 +549,7 @@ def evaluate_voc(
         num_images=len(annotations),
         iou_threshold=float(iou_threshold),
         protocol_equals=rules.equals,
+        protocol_rules=rules.rules,
     )
 
 

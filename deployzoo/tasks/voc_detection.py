@@ -87,6 +87,10 @@ class VOCDetectionTask:
         """What ``protocol``'s figures equal (framework, file), for reports."""
         return PROTOCOLS[protocol].equals
 
+    def protocol_rules(self, protocol: str) -> str:
+        """``protocol``'s matching and averaging rules in one line (IoU comparison, +1, ties, mean), for reports."""
+        return PROTOCOLS[protocol].rules
+
     @staticmethod
     def headline(result: VOCEvalResult) -> float:
         """The figure compared with the published one, in percent."""
