@@ -509,6 +509,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(agreement.table())
     write_json(out / "compare.json", agreement.to_dict())
     print(f"wrote {out / 'compare.json'}")
+    if args.draw != "none":
+        from deployzoo.pictures import PICTURE_DIR, compare_pictures
+
+        describe = lambda e: f"{e.describe().get('backend')} {e.describe().get('precision', 'fp32')}"  # noqa: E731
+        pictures = compare_pictures(spec, agreement.results, out, describe(engine), describe(reference),
+                                    stand_in=loaded.is_stand_in, every=args.draw == "all")
+        print(f"{len(pictures)} side-by-side pictures (engine | reference) of the {agreement.images} images "
+              f"-> {out / PICTURE_DIR}" + ("" if args.draw == "all" else " (only images where they differ)"))
     return 0 if agreement.ok else 1
 
 
@@ -749,6 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=4, help="images compared when none are listed (default 4)")
     p.add_argument("--batch", type=_batch_size, default=1, help="the engine's batch size (default 1)")
     p.add_argument("--out", help="results folder for compare.json (default runs/compare-MODEL-BACKEND-PRECISION)")
+    p.add_argument("--draw", choices=["differ", "all", "none"], default="differ",
+                   help="pictures/<name>.png with the engine's and the reference's results side by side: for the "
+                        "images where they differ (default), all images, or none")
     p.set_defaults(func=cmd_compare)
 
     p = command(sub, "data", help="dataset tools: vendor .bin layout, synthetic datasets")

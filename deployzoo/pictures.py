@@ -158,3 +158,40 @@ def eval_pictures(spec: Any, results: Mapping[str, Detections | LabelMap], annot
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))[:60]
+
+
+# --------------------------------------------------------------------------- compare: engine | reference
+
+
+def compare_pictures(spec: Any, results: Sequence[tuple[str, str, Any, Any]], out_dir: str | Path,
+                     engine_name: str, reference_name: str, stand_in: bool = False, every: bool = False,
+                     score_threshold: float = draw.DEFAULT_SCORE_THRESHOLD) -> list[Path]:
+    """``out_dir/pictures/<name>.png``: the engine's result (left) and the reference's (right) side by side for
+    each image where they differ (verify.Agreement.results; ``every``: all images). Detections differ when one
+    side has a detection the other does not match (deployzoo.compare.match_detections: same label, IoU, score);
+    label maps when any pixel differs. Returns the pictures written."""
+    from deployzoo.compare import match_detections
+    from deployzoo.data.inputs import output_names
+
+    out_dir = Path(out_dir)
+    names = output_names([path for _, path, _, _ in results])
+    written = []
+    for (image_id, path, engine_result, reference_result), name in zip(results, names):
+        if isinstance(reference_result, LabelMap):
+            differing = int(np.count_nonzero(engine_result.labels != reference_result.labels))
+            notes = (f"{differing} pixels differ", "")
+        else:
+            m = match_detections(engine_result, reference_result)
+            differing = m.unmatched_engine + m.unmatched_reference
+            notes = (f"{m.unmatched_engine} detections only here", f"{m.unmatched_reference} only here")
+        if not differing and not every:
+            continue
+        photo = draw.read_photo(path)
+        caption = [f"{spec.name}: {Path(path).name}", *weights_caption(stand_in)]
+        left = draw.draw_result(photo, engine_result, spec, [f"engine: {engine_name}", *caption, notes[0]],
+                                score_threshold)
+        right = draw.draw_result(photo, reference_result, spec,
+                                 [f"reference: {reference_name}", *caption, *([notes[1]] if notes[1] else [])],
+                                 score_threshold)
+        written.append(draw.save_png(draw.side_by_side(left, right), out_dir / PICTURE_DIR / f"{name}.png"))
+    return written

@@ -29,6 +29,8 @@ class Agreement:
     # Images where either side gave NaN or infinite outputs (deployzoo.nonfinite): they fail the comparison
     # and are left out of the numbers above. {"image_id", "path", "side", "outputs": {name: counts}, "problem"}
     non_finite: list[dict[str, Any]] = field(default_factory=list)
+    # (image id, path, engine result, reference result) per compared image, for pictures (not in to_dict).
+    results: list[tuple[str, str, Any, Any]] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +88,7 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
     batch_size = engine.backend.batch_size
     worst: dict[str, TensorDiff] = {}
     pooled_engine, pooled_reference = [], []
+    pairs: list[tuple[str, str, Any, Any]] = []
     non_finite: list[dict[str, Any]] = []
     prepared = []
     for p in prepared_images(items, spec.preprocess, workers=0):
@@ -112,6 +115,7 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
             finite.append(k)
             pooled_engine.append(result_e)
             pooled_reference.append(result_r)
+            pairs.append((p.image_id, p.path, result_e, result_r))
         for name in spec.output_names if finite else ():
             diff = tensor_diff(name, out_e[name][finite], out_r[name][finite])
             if name not in worst or diff.max_rel > worst[name].max_rel:
@@ -133,6 +137,7 @@ def compare_engines(engine, reference, items: Sequence[ImageItem]) -> Agreement:
         ranked=tuple(spec.ranked_outputs),
         labels=labels,
         non_finite=non_finite,
+        results=pairs,
         tolerances={
             "outputs": "max|engine - reference| <= 1e-4 * max(1, max|reference|)",
             **({"label_maps": "identical except where the reference's top two logits are within 1e-5"}

@@ -134,3 +134,23 @@ def test_every_model_draws_a_photo(tmp_path, photos, model):
     assert main(["predict", model, str(photos[1]), "--backend", "pytorch", "--out", str(out)]) == 0
     with Image.open(photos[1]) as src, Image.open(out / "pictures" / f"{photos[1].stem}.png") as picture:
         assert picture.size == src.size
+
+
+def test_compare_draws_engine_and_reference_side_by_side_only_where_they_differ(tmp_path, photos, capsys):
+    args = ["compare", REFINEDET, "--images", str(photos[1]), "--backend", "pytorch"]
+    assert main([*args, "--out", str(tmp_path / "same")]) == 0  # eager PyTorch against itself: identical
+    assert "0 side-by-side pictures" in capsys.readouterr().out
+    assert not (tmp_path / "same" / "pictures").exists()
+    assert main([*args, "--draw", "all", "--out", str(tmp_path / "all")]) == 0
+    with Image.open(photos[1]) as src, Image.open(tmp_path / "all" / "pictures" / f"{photos[1].stem}.png") as both:
+        assert both.size[1] == src.size[1] and both.size[0] > 2 * src.size[0]
+
+
+def test_compare_pictures_find_the_images_that_differ(refinedet_spec, photos, tmp_path):
+    from deployzoo.pictures import compare_pictures
+
+    same = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32), np.array([3], np.int64))
+    moved = Detections(np.array([[20, 10, 60, 50]], np.float32), np.array([0.9], np.float32), np.array([3], np.int64))
+    results = [("a", str(photos[0]), same, same), ("b", str(photos[1]), moved, same)]
+    written = compare_pictures(refinedet_spec, results, tmp_path, "engine", "reference")
+    assert [p.name for p in written] == [f"{photos[1].stem}.png"]
