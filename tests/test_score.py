@@ -361,3 +361,17 @@ def test_a_segm_results_file_without_boxes_scores_mask_ap(coco_root, tmp_path):
     assert masks["metrics"]["iou_types"]["segm"] == both["metrics"]["iou_types"]["segm"]
     assert _metrics_stats(masks, "segm") == _pycocotools_stats(coco_root / "annotations" / "instances_val2017.json",
                                                                segm_file, "segm")
+
+
+def test_score_needs_only_the_ground_truth_not_the_images(coco_root, synthetic_voc, tmp_path):
+    coco = tmp_path / "coco"
+    shutil.copytree(coco_root / "annotations", coco / "annotations")
+    (tmp_path / "r.json").write_text(json.dumps(_coco_results(coco_root, masks=False)))
+    assert main(["score", "--data", str(coco), "--predictions", str(tmp_path / "r.json"), "--out", str(tmp_path / "a")]) == 0
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    for part in ("Annotations", "ImageSets"):
+        shutil.copytree(synthetic_voc / "VOC2007" / part, voc / part)
+    (tmp_path / "v.json").write_text("[]")  # no detections at all: every class with ground truth scores 0
+    assert main(["score", "--data", str(tmp_path / "VOCdevkit"), "--predictions", str(tmp_path / "v.json"),
+                 "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["headline"]["value"] == 0.0
