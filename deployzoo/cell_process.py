@@ -100,13 +100,12 @@ def _unfinished(state: _ModelState, backend: str, precision: str, batch: int, ch
 
 def _child_main(messages, model: str, backend: str, precision: str, batch: int, out: str,
                 settings: MatrixSettings, onnx: Path | None, export_error: str | None, guard) -> None:
-    from deployzoo.matrix import Matrix, _ModelState
-    from deployzoo.registry import get_spec
+    from deployzoo.matrix import Matrix, _ModelState, model_spec
 
     matrix = Matrix([model], [backend], [precision], [batch], out, settings, resume=True,
                     say=lambda text: messages.send(("say", text)))
     matrix.on_guard = lambda key, result: messages.send(("guard", result))
-    state = _ModelState(get_spec(model), onnx=onnx, export_error=export_error)
+    state = _ModelState(model_spec(model, settings), onnx=onnx, export_error=export_error)
     if guard is not None:
         state.guards[(backend, precision)] = guard
     messages.send(("cell", matrix._run_cell(state, backend, precision, batch)))

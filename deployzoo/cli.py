@@ -587,7 +587,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     settings = MatrixSettings(warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds,
                               threads=args.threads, overhead=args.overhead, guard_images=args.guard_images,
                               guard_tolerance=args.guard_tolerance, data=args.data, checkpoint=args.checkpoint,
-                              device=args.device, cell_timeout=args.cell_timeout)
+                              classes=args.classes, device=args.device, cell_timeout=args.cell_timeout)
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise DeployzooError(f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout:g}")
     matrix = Matrix(models, backends, precisions, args.batch, args.out, settings, resume=not args.fresh)

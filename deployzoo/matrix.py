@@ -57,6 +57,7 @@ class MatrixSettings:
     guard_tolerance: float = DEFAULT_TOLERANCE
     data: str | Path | None = None  # dataset for the guard; default: a synthetic one per dataset
     checkpoint: str | Path | None = None  # only with a single model
+    classes: str | None = None  # --classes: a fine-tuned checkpoint's class names (deployzoo.fine_tuned)
     device: str = "cpu"  # the PyTorch backends' device ("cuda" on a GPU machine)
     # Seconds a cell may take; each cell then runs in a process of its own, killed past it (status "timed out").
     # None: cells run in this process, without a limit.
@@ -135,7 +136,7 @@ class Matrix:
         cells = []
         total = len(self.models) * len(self.backends) * len(self.precisions) * len(self.batch_sizes)
         for model in self.models:
-            state = _ModelState(get_spec(model))
+            state = _ModelState(model_spec(model, self.settings))
             for backend in self.backends:
                 for precision in self.precisions:
                     for batch in self.batch_sizes:
@@ -296,3 +297,10 @@ def _summary(cell: dict[str, Any]) -> str:
     figure = f"{stats['throughput']:.2f} images/s" if stats.get("throughput") else ""
     tail = f" ({cell['error']})" if cell.get("error") else ""
     return f"{cell['status']}{', ' + figure if figure else ''}{tail}"[:300]
+
+
+def model_spec(model: str, settings: MatrixSettings) -> ModelSpec:
+    """``model``'s spec for the matrix's checkpoint: a fine-tuned one's class count and names."""
+    from deployzoo.fine_tuned import spec_for
+
+    return spec_for(get_spec(model), settings.checkpoint, settings.classes, quiet=True)

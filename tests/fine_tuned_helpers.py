@@ -37,8 +37,8 @@ def _official_stand_in(name: str) -> dict[str, np.ndarray]:
 
 def _rows(name: str, n: int, tensor: np.ndarray) -> np.ndarray | None:
     """``tensor`` resized to ``n`` classes when ``name`` is a class-dependent head tensor, else None."""
-    if re.fullmatch(r"roi_heads\.box_predictor\.\d\.cls_score\.(weight|bias)|roi_head\.bbox_head\.fc_cls\.(weight|bias)",
-                    name):
+    if re.fullmatch(r"roi_heads\.box_predictor\.\d\.cls_score\.(weight|bias)"
+                    r"|roi_head\.bbox_head\.fc_cls\.(weight|bias)", name):
         return np.concatenate([tensor[:n], tensor[-1:]])  # background is the last row
     if re.fullmatch(r"roi_head\.bbox_head\.fc_reg\.(weight|bias)", name):
         return tensor[: 4 * n]

@@ -59,7 +59,8 @@ def test_a_changed_backbone_is_still_refused(tmp_path):
         load_model(get_spec(FSAF), path)
 
 
-@pytest.mark.parametrize("meta", [{"dataset_meta": {"classes": ["cat", "dog", "eel"]}}, {"CLASSES": ["cat", "dog", "eel"]}])
+@pytest.mark.parametrize("meta", [{"dataset_meta": {"classes": ["cat", "dog", "eel"]}},
+                                  {"CLASSES": ["cat", "dog", "eel"]}])
 def test_names_come_from_the_checkpoint_meta(meta, tmp_path):
     from deployzoo.fine_tuned import spec_for
     from deployzoo.registry import get_spec
@@ -116,3 +117,27 @@ def test_the_official_checkpoint_keeps_the_official_spec(tmp_path):
     path = write_checkpoint(PSPNET, official_stand_in(PSPNET), tmp_path / "official.pth")
     assert spec_for(spec, path, quiet=True) is spec
     assert spec_for(spec, None, quiet=True) is spec
+
+
+@pytest.mark.parametrize("name,names", [(FSAF, ("a", "b", "c")), (REFINEDET, ("boat", "car")),
+                                        (PSPNET, ("background", "road", "car", "tree"))])
+def test_synthetic_sets_are_drawn_with_the_models_classes(name, names, tmp_path):
+    from deployzoo.fine_tuned import spec_for
+    from deployzoo.registry import get_spec
+
+    spec = spec_for(get_spec(name), None, ",".join(names), quiet=True)  # stand-in weights for that many classes
+    assert spec.class_names == names and len(spec.class_names) == len(names)
+    task = spec.evaluation
+    root = task.make_synthetic(tmp_path / "synthetic", num_images=3)
+    checked = task.validate(root)
+    handles, _ = task.load_ground_truth(checked.dataset)
+    if name == FSAF:
+        cats = checked.dataset.coco.cats
+        assert sorted(c["name"] for c in cats.values()) == list(names) and sorted(cats) == [1, 2, 3]
+        assert {a["category_id"] for a in checked.dataset.coco.anns.values()} <= {1, 2, 3}
+    elif name == REFINEDET:
+        labels = {int(v) for h in handles.values() for v in h.labels}
+        assert labels and labels <= {0, 1}
+    else:
+        values = {int(v) for h in handles.values() for v in set(task._read_gt(h).ravel().tolist())}
+        assert values <= {0, 1, 2, 3, 255} and len(values - {255}) > 1
