@@ -324,8 +324,8 @@ def listing(width: int = 100) -> str:
     state), and the total; lines fit ``width`` columns."""
     root = cache_root()
     found = entries()
-    lines = [f"engine cache: {root} ({'$' + CACHE_ENV if os.environ.get(CACHE_ENV) else 'default'}; "
-             f"{total_size() / 1e6:.1f} MB)"]
+    lines = [f"engine cache ({'set by $' + CACHE_ENV if os.environ.get(CACHE_ENV) else 'default location'}, "
+             f"{total_size() / 1e6:.1f} MB):", f"  {root}"]
     if not found:
         return "\n".join(lines + ["  (empty)"])
     lines.append(f"  {'kind':<8} {'MB':>7}  {'state':<6} entry")

@@ -127,9 +127,10 @@ def test_eval_draws_the_first_and_the_most_disagreeing(tmp_path, synthetic_voc, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mmdet-mask-rcnn-r50-fpn-1x", "d2-cascade-mask-rcnn-r50-fpn-3x",
-                                   "mmdet-fsaf-r50-fpn-1x", "mmseg-pspnet-r50-d8-voc12aug"])
-def test_every_model_draws_a_photo(tmp_path, photos, model):
+@pytest.mark.parametrize("model", ["mmdet-mask-rcnn-r50-fpn-1x", "mmseg-pspnet-r50-d8-voc12aug"])
+def test_masks_and_label_maps_are_drawn_on_a_photo(tmp_path, photos, model):
+    """The two other kinds of picture through predict (RefineDet's boxes are drawn above; every model was looked
+    at by eye on the sample photos, with stand-in weights)."""
     out = tmp_path / model
     assert main(["predict", model, str(photos[1]), "--backend", "pytorch", "--out", str(out)]) == 0
     with Image.open(photos[1]) as src, Image.open(out / "pictures" / f"{photos[1].stem}.png") as picture:
