@@ -146,6 +146,9 @@ class RayRunner:
         done, skipped = store.load() if store is not None else ({}, [])
         finished = set(done) | {s["image_id"] for s in skipped}
         todo = [item for item in items if item.image_id not in finished]
+        if not todo:  # everything came from the result shards already there: no cluster needed
+            results = {item.image_id: done[item.image_id] for item in items if item.image_id in done}
+            return DatasetRun(results, skipped, StageTimer(), resumed=len(items), computed=0)
         t0 = time.perf_counter()
         ray, started_here = connect(self.address, self.cpus)
         try:
