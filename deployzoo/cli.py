@@ -356,8 +356,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"those images are skipped and the figure below leaves them out")
     equals = protocol_equals(spec.evaluation, outcome.summary['protocol'])
     print(f"\n{spec.evaluation.metric_name} ({outcome.summary['protocol']} protocol{', = ' + equals if equals else ''}): "
-          f"{outcome.headline:.2f} "
-          f"(published {spec.published.value}: {spec.published.source})")
+          f"{outcome.headline:.2f}")
+    # The published figure on a line of its own: beside a stand-in or synthetic-data figure it reads like a
+    # comparison (issue 18 item 2).
+    if "stand-in" in str(fingerprint.get("weights", "")):
+        print("  measured with stand-in weights: it says nothing about the trained model's accuracy")
+    print(f"published figure of the trained model: {spec.published.value} ({spec.published.source})")
     from deployzoo.score import policy_lines
 
     for line in policy_lines(outcome.summary):  # skipped images: both figures, and not comparable
