@@ -191,3 +191,19 @@ def test_matrix_cells_run_as_ray_tasks_alone_on_the_node(tmp_path, ray_cluster):
     before = path.read_text()
     assert main(args) == 0  # a local run reuses the cell the Ray run stored (measuring again would change it)
     assert path.read_text() == before
+
+
+@pytest.mark.slow
+def test_eval_command_over_ray_then_resumed_locally(tmp_path, ray_cluster, refinedet_checkpoint, synthetic_voc, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "refinedet320-vgg16-voc", "--data", str(synthetic_voc), "--checkpoint", str(refinedet_checkpoint),
+            "--batch", "2", "--pictures", "0", "--out", str(out)]
+    assert main([*args, "--ray", "--replicas", "2", "--threads-per-replica", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "Ray: 2 replicas x 1 threads" in text and "images/s; Ray overhead" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ray"]["images_computed"] == 7 and len(metrics["ray"]["per_replica"]) == 2
+    # the Ray run's fingerprint is the local run's: a local --resume finds every image done
+    assert main([*args, "--resume"]) == 0
+    assert "resumed: 7 images taken from the interrupted run, 0 computed now" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == metrics["metrics"]

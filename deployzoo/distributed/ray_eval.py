@@ -353,8 +353,8 @@ def format_report(report: dict[str, Any]) -> str:
     rate = report.get("images_per_s")
     lines.append(f"overall: {report.get('images_computed', 0)} images in {report.get('wall_s', 0):.2f} s = "
                  f"{'-' if rate is None else f'{rate:.2f}'} images/s; Ray overhead "
-                 f"{'-' if share is None else f'{share:.1%}'} of replica time (receive {over.get('driver_receive_s', 0):.2f} s, "
-                 f"store {over.get('driver_store_s', 0):.2f} s on the driver); start-up apart: cluster "
+                 f"{'-' if share is None else f'{share:.1%}'} of replica time (receive "
+                 f"{over.get('driver_receive_s', 0):.2f} s, store {over.get('driver_store_s', 0):.2f} s on the driver); start-up apart: cluster "
                  f"{report.get('cluster_start_s', 0):.1f} s, replicas {report.get('replica_start_s', 0):.1f} s")
     if report.get("retried_shards"):
         lines.append(f"{report['lost_replicas']} replica(s) lost; work shards {report['retried_shards']} were run "

@@ -87,7 +87,8 @@ def run_matrix_on_ray(matrix, address: str | None = "local") -> list[dict[str, A
         while todo or running:
             while todo and idle:
                 key, node = todo.popleft(), idle.popleft()
-                ref, name, error = shipped.get(key[0], (None, None, None)) if key[1] in ONNX_BACKENDS else (None, None, None)
+                none = (None, None, None)
+                ref, name, error = shipped.get(key[0], none) if key[1] in ONNX_BACKENDS else none
                 strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
                 future = task.options(num_cpus=cpus[node], scheduling_strategy=strategy, max_retries=0).remote(
                     *key, matrix.settings, ref, name, error)
