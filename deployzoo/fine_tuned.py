@@ -158,7 +158,8 @@ def resolve_classes(spec, checkpoint: str | Path | None = None, classes: str | S
             stored = None
         if isinstance(stored, list) and stored and all(isinstance(n, str) for n in stored):
             count, count_from = len(stored), f"{len(stored)} classes, from the class names in {onnx}'s metadata"
-            if tuple(stored) != tuple(spec.class_names):
+            # Generic names stored at export (nothing named the classes then) do not outrank --classes.
+            if tuple(stored) not in (tuple(spec.class_names), generic_class_names(len(stored))):
                 meta_names = (tuple(stored), f"{onnx}'s metadata")
     elif given is not None and spec.class_heads:
         count, count_from = len(given), f"{len(given)} classes, from --classes (stand-in weights)"
@@ -172,7 +173,7 @@ def resolve_classes(spec, checkpoint: str | Path | None = None, classes: str | S
             if len(given) != len(names):
                 raise DeployzooError(f"--classes gives {len(given)} names ({', '.join(given)}) but the checkpoint's "
                                      f"{meta_names[1]} has {len(names)} ({', '.join(names)})")
-            print(f"note: the checkpoint's own class names ({names_from}) are used, not --classes")
+            print(f"note: the class names stored in the model ({names_from}) are used, not --classes")
     elif given is not None:
         names, names_from = given, "--classes"
     elif categories is not None and len(categories) == count and count != official:

@@ -141,3 +141,24 @@ def test_synthetic_sets_are_drawn_with_the_models_classes(name, names, tmp_path)
     else:
         values = {int(v) for h in handles.values() for v in set(task._read_gt(h).ravel().tolist())}
         assert values <= {0, 1, 2, 3, 255} and len(values - {255}) > 1
+
+
+def test_an_onnx_file_brings_its_class_names(tmp_path):
+    import onnx
+
+    from deployzoo.fine_tuned import spec_for
+    from deployzoo.registry import get_spec
+
+    def fake(path, names):
+        model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "deployzoo.class_names", __import__("json").dumps(names)
+        onnx.save(model, str(path))
+        return path
+
+    named = fake(tmp_path / "named.onnx", ["cat", "dog"])
+    spec = spec_for(get_spec(REFINEDET), onnx=named, quiet=True)
+    assert spec.class_names == ("cat", "dog") and spec.output_shapes["odm_conf"] == (6375, 3)
+    generic = fake(tmp_path / "generic.onnx", ["class_0", "class_1"])
+    assert spec_for(get_spec(REFINEDET), None, "car,bus", onnx=generic, quiet=True).class_names == ("car", "bus")
+    assert spec_for(get_spec(REFINEDET), onnx=generic, quiet=True).class_names == ("class_0", "class_1")
