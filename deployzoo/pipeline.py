@@ -228,7 +228,7 @@ def evaluate_dataset(
         every, _ = task.load_ground_truth(dataset, skip_bad=True)
         skipped_handles.update({i: every[i] for i in skipped_ids if i in every})
     scores = score_predictions(task, predictions, evaluated, protocol=protocol, coco_evaluator=coco_evaluator,
-                               skipped=skipped_ids, skipped_annotations=skipped_handles)
+                               skipped=skipped_ids, skipped_annotations=skipped_handles, skip_bad=skip_bad)
     metrics = scores.metrics
     common = scores_summary(task, scores)
     summary = {

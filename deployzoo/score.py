@@ -70,6 +70,7 @@ class Scores:
     missed_headline: float | None = None
     skipped: list[str] = field(default_factory=list)
     not_countable: list[str] = field(default_factory=list)
+    policy: bool = False  # record the skip policy (--skip-bad, or images skipped anyway)
 
 
 def coco_records_of(task: Any, results: Mapping[str, Detections], annotations: Mapping[str, Any]) -> list[dict]:
@@ -127,6 +128,7 @@ def score_predictions(
     coco_evaluator: str = "pycocotools",
     skipped: Sequence[str] = (),
     skipped_annotations: Mapping[str, Any] | None = None,
+    skip_bad: bool = False,
 ) -> Scores:
     """Score ``predictions`` on the images of ``annotations`` (the task's ground-truth handles, by key).
 
@@ -139,6 +141,8 @@ def score_predictions(
         skipped: keys of images skipped as bad input (``--skip-bad``): the metric is then also computed with
             their objects counted as missed, over ``annotations`` plus the ``skipped_annotations`` handles;
             skipped images without a handle (unreadable ground truth) cannot be counted and are listed.
+        skip_bad: the run was allowed to skip images: the skip policy is recorded even when none was skipped
+            (both figures are then the one figure).
 
     Raises:
         DeployzooError: unknown protocol.
@@ -150,6 +154,9 @@ def score_predictions(
     scores = Scores(metrics, task.headline(metrics), protocol,
                     coco_records=list(metrics.records) if is_coco(task) else None,
                     coco_evaluator=coco_evaluator if is_coco(task) else None, skipped=list(skipped))
+    scores.policy = bool(skip_bad or skipped)
+    if scores.policy and not skipped:
+        scores.missed, scores.missed_headline = metrics, scores.headline
     if skipped:
         handles = dict(skipped_annotations or {})
         countable = {k: handles[k] for k in skipped if k in handles}
@@ -176,16 +183,17 @@ def scores_summary(task: Any, scores: Scores) -> dict[str, Any]:
         summary["coco_evaluator"] = scores.coco_evaluator
     summary["headline"] = {"metric": task.metric_name, "value": scores.headline}
     summary["metrics"] = scores.metrics.to_dict()
-    if scores.skipped:
+    if scores.policy:
         summary["skipped_images_policy"] = {
             "policy": SKIP_POLICY,
             "images_skipped": len(scores.skipped),
             "skipped_excluded": _pct(scores.headline),
             "skipped_counted_as_missed": _pct(scores.missed_headline),
             "ground_truth_not_countable": scores.not_countable,
-            "comparable_to_published": False,
-            "why_not_comparable": "the published figure scores every image of the split; this run left "
-                                  f"{len(scores.skipped)} out",
+            # only a run that scored every image can be set beside the published figure
+            "comparable_to_published": not scores.skipped,
+            "why_not_comparable": (f"the published figure scores every image of the split; this run left "
+                                   f"{len(scores.skipped)} out") if scores.skipped else None,
             "metrics_counted_as_missed": scores.missed.to_dict(),
         }
     return summary
@@ -215,8 +223,8 @@ def write_scores(out_dir: str | Path, task: Any, scores: Scores, summary: dict[s
 
 
 def policy_lines(summary: Mapping[str, Any]) -> list[str]:
-    """The printed lines of a metrics.json summary's skip policy (none when no image was skipped): both
-    figures, and that the run is not comparable to the published figure."""
+    """The printed lines of a metrics.json summary's skip policy (none without one): both figures, and that a
+    run with skipped images is not comparable to the published figure."""
     policy = summary.get("skipped_images_policy")
     if not policy:
         return []
@@ -225,6 +233,8 @@ def policy_lines(summary: Mapping[str, Any]) -> list[str]:
         return "n/a" if value is None else f"{value:.2f}"
 
     metric = summary["headline"]["metric"]
+    if not policy["images_skipped"]:
+        return ["--skip-bad: no image was skipped, every image of the split is scored (the two figures are one)."]
     lines = [f"{policy['images_skipped']} images skipped: {metric} {fmt(policy['skipped_excluded'])} with them left "
              f"out (their ground truth too), {fmt(policy['skipped_counted_as_missed'])} with their objects counted "
              f"as missed.",

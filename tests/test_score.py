@@ -286,6 +286,14 @@ def test_skipped_images_give_both_figures(synthetic_voc, coco_root):
     lines = policy_lines(summary)
     assert "2 images skipped" in lines[0] and f"{scores.missed_headline:.2f}" in lines[0]
     assert "NOT comparable to the published figure" in lines[1]
+    # --skip-bad with nothing skipped: the policy is recorded, one figure, comparable
+    clean = score_predictions(task, dets, annotations, skip_bad=True)
+    summary = {"headline": {"metric": task.metric_name}, **scores_summary(task, clean)}
+    policy = summary["skipped_images_policy"]
+    assert policy["images_skipped"] == 0 and policy["comparable_to_published"] is True
+    assert policy["skipped_excluded"] == policy["skipped_counted_as_missed"] == clean.headline
+    assert "no image was skipped" in policy_lines(summary)[0]
+    assert "skipped_images_policy" not in scores_summary(task, score_predictions(task, dets, annotations))
 
 
 def test_eval_writes_the_contract_and_score_reproduces_it(tmp_path, refinedet_spec, refinedet_loaded, synthetic_voc):
