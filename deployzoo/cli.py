@@ -7,6 +7,7 @@ from pathlib import Path
 
 from deployzoo.backends import BACKENDS
 from deployzoo.errors import DeployzooError
+from deployzoo.option_types import finite_number, whole_number
 from deployzoo.precision import CHOICES as PRECISION_CHOICES
 
 
@@ -35,7 +36,7 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
     p.add_argument("--backend", default=backend_default, choices=list(BACKENDS),
                    help=f"engine to run (default {backend_default}); ONNX backends use the engine cache's export")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
     _add_precision_args(p)
 
 
@@ -44,14 +45,14 @@ def _add_precision_args(p: argparse.ArgumentParser) -> None:
                    help="fp16/bf16/int8 engines are checked by the accuracy guard (metric vs fp32 on a sample, "
                         "delta reported); auto measures each precision's speed and guard here, keeps the fastest "
                         "whose guard holds and prints the table")
-    p.add_argument("--guard-images", type=int, default=8, help="images the accuracy guard evaluates")
-    p.add_argument("--guard-tolerance", type=float, default=0.5, help="largest metric drop (points) the guard allows")
+    p.add_argument("--guard-images", type=whole_number(1, "images"), default=8, help="images the accuracy guard evaluates")
+    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5, help="largest metric drop (points) the guard allows")
     p.add_argument("--guard-data", help="dataset for the guard (default: the command's --data, else a synthetic set)")
     p.add_argument("--auto-precisions", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
                    help="the candidates --precision auto measures (default: all the backend offers here)")
     p.add_argument("--calibration-data", help="int8 calibration dataset (default: the command's --data, else a "
                                               "generated synthetic set, which it says)")
-    p.add_argument("--calibration-images", type=int, default=16, help="images int8 calibration uses (the first N)")
+    p.add_argument("--calibration-images", type=whole_number(1, "images"), default=16, help="images int8 calibration uses (the first N)")
 
 
 def _calibration(args: argparse.Namespace, data=None):
@@ -684,14 +685,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unusable images with a warning (counted) instead of stopping before the run")
     p.set_defaults(positional_list="images")  # images may come before, between or after options
-    p.add_argument("--score-thr", type=float, default=0.0,
+    p.add_argument("--score-thr", type=finite_number("--score-thr"), default=0.0,
                    help="keep detections scoring at least this in predictions.json (default 0: all)")
-    p.add_argument("--max-dets", type=int, default=None, help="default: everything the original model returns")
+    p.add_argument("--max-dets", type=whole_number(1, "detections"), default=None, help="default: everything the original model returns")
     _add_ray_args(p)
     p.add_argument("--draw", action=argparse.BooleanOptionalAction, default=True,
                    help="write DIR/pictures/<name>.png per input: boxes, class names, scores, masks, or the label "
                         "map with a legend, at the image's own size (default: on; --no-draw skips it)")
-    p.add_argument("--draw-thr", type=float, default=0.3,
+    p.add_argument("--draw-thr", type=finite_number("--draw-thr"), default=0.3,
                    help="pictures show detections scoring at least this (default 0.3; when none does, the 5 best, "
                         "said so on the picture); predictions.json keeps --score-thr")
     p.set_defaults(func=cmd_predict)
@@ -706,11 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "refinedet-pytorch, detectron2 or mmdet (README 'VOC07 protocols'); COCO: standard")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--skip-bad", action="store_true", help="skip unusable images/annotations with a warning")
-    p.add_argument("--workers", type=int, default=1, help="preprocessing processes (0 = in the main process)")
+    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1, help="preprocessing processes (0 = in the main process)")
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
     _add_ray_args(p)
-    p.add_argument("--pictures", type=int, default=3, metavar="N",
+    p.add_argument("--pictures", type=whole_number(0, "pictures"), default=3, metavar="N",
                    help="write OUT/pictures/: the first N images and the N that disagree most with the ground "
                         "truth, drawn (default 3; 0: none)")
     p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
@@ -734,10 +735,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
     p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS), help="engine to time (default onnxruntime)")
     p.add_argument("--batch", type=_batch_list, default=[1, 4, 8], help="comma-separated batch sizes (default 1,4,8)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 3); with --e2e, passes (default 1)")
-    p.add_argument("--iters", type=int, default=10, help="at least this many timed iterations")
-    p.add_argument("--min-seconds", type=float, default=5.0, help="and at least this long")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--warmup", type=whole_number(0, "warm-up calls"), default=None, help="warm-up calls (default 3); with --e2e, passes (default 1)")
+    p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=10, help="at least this many timed iterations")
+    p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=5.0, help="and at least this long")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
     p.add_argument("--out", help="results folder for the JSON and CSV (default runs/bench)")
     p.add_argument("--data", help="dataset for the accuracy guard (fp16, bf16, auto)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
@@ -750,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default="fp32", help="--e2e: comma-separated precisions (fp32, fp16, bf16)")
     p.add_argument("--images", nargs="+", help="--e2e: image files (default: generated images of the model's dataset)")
     p.add_argument("--num-images", type=int, default=4, help="--e2e: generated images when no --images")
-    p.add_argument("--repeats", type=int, default=3, help="--e2e: interleaved timed passes per engine")
+    p.add_argument("--repeats", type=whole_number(1, "timed passes"), default=3, help="--e2e: interleaved timed passes per engine")
     _add_precision_args(p)
     p.set_defaults(func=cmd_bench)
 
@@ -773,13 +774,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("images", nargs="*", help="image files (or --data)")
     q.add_argument("--data", help="dataset root: its split's images, named as `eval --dumps` expects")
     q.add_argument("--limit", type=int, help="only the first N images of --data's split")
-    q.add_argument("--workers", type=int, default=0, help="preprocessing processes (0 = in the main process)")
+    q.add_argument("--workers", type=whole_number(0, "worker processes"), default=0, help="preprocessing processes (0 = in the main process)")
     q.add_argument("--out", required=True, help="folder for the .bin files, input.info and images.info")
     q.set_defaults(func=cmd_data, positional_list="images")  # images may come before, between or after options
     q = command(data_sub, "synthetic", help="write a small synthetic dataset in the official layout")
     q.add_argument("model", help="registry name: the dataset layout and classes are its dataset's")
     q.add_argument("--out", required=True, help="folder the dataset is written to")
-    q.add_argument("--num-images", type=int, default=16, help="images to generate (default 16)")
+    q.add_argument("--num-images", type=whole_number(1, "images"), default=16, help="images to generate (default 16)")
     q.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same files")
     q.set_defaults(func=cmd_data)
 
@@ -795,16 +796,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "'local' (no ADDRESS) on this machine; an address joins a cluster")
     p.add_argument("--checkpoint", help="official checkpoint (with a single model only)")
     p.add_argument("--data", help="dataset for the accuracy guard (default: a synthetic set per dataset)")
-    p.add_argument("--guard-images", type=int, default=4, help="images the accuracy guard evaluates (default 4)")
-    p.add_argument("--guard-tolerance", type=float, default=0.5, help="largest metric drop (points) below fp32")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing each cell (default 1)")
-    p.add_argument("--iters", type=int, default=3, help="at least this many timed iterations per cell")
-    p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--guard-images", type=whole_number(1, "images"), default=4, help="images the accuracy guard evaluates (default 4)")
+    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5, help="largest metric drop (points) below fp32")
+    p.add_argument("--warmup", type=whole_number(0, "warm-up calls"), default=1, help="untimed calls before timing each cell (default 1)")
+    p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=3, help="at least this many timed iterations per cell")
+    p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=2.0, help="and at least this long")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--overhead", action="store_true",
                    help="also time ONNX Runtime's / OpenVINO's own run loop in each cell and report the ratio")
-    p.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+    p.add_argument("--cell-timeout", type=finite_number("--cell-timeout", 1), metavar="SECONDS",
                    help="run each cell in a process of its own and kill it past this many seconds (status "
                         "'timed out'; the matrix goes on); default: no limit, cells run in this process")
     p.set_defaults(func=cmd_matrix)
@@ -818,9 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch", type=_batch_size, default=None, help="batch size of the evaluation (default: the model's)")
     p.add_argument("--num-images", type=int, default=None, help="synthetic images when no --data")
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
-    p.add_argument("--min-seconds", type=float, default=None, help="minimum duration of each benchmark cell")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = backend default)")
-    p.add_argument("--workers", type=int, default=1, help="preprocessing processes (0 = in the main process)")
+    p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=None, help="minimum duration of each benchmark cell")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1, help="preprocessing processes (0 = in the main process)")
     p.set_defaults(func=cmd_run)
     _add_fine_tune_args(sub.choices, data_sub.choices)
     return parser

@@ -35,7 +35,16 @@ class Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks)
 
     def top(self, max_dets: int | None, score_threshold: float = 0.0) -> "Detections":
-        """Detections with score >= threshold, then the ``max_dets`` highest (original order kept)."""
+        """Detections with score >= threshold, then the ``max_dets`` highest (original order kept).
+
+        Raises:
+            ValueError: ``max_dets`` below 0 (a negative count would slice from the end) or a NaN threshold
+                (it would keep nothing).
+        """
+        if max_dets is not None and max_dets < 0:
+            raise ValueError(f"max_dets must be at least 0, got {max_dets}")
+        if np.isnan(score_threshold):
+            raise ValueError("score_threshold is NaN: no score compares with it")
         keep = np.flatnonzero(self.scores >= score_threshold)
         if max_dets is not None and keep.size > max_dets:
             best = np.argsort(-self.scores[keep], kind="stable")[:max_dets]

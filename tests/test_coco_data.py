@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from coco_json import coco_json_path as _json_path
+from coco_json import edit_coco_json as _rewrite
 from pycocotools import mask as mask_utils
 
 from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES, COCODetection
@@ -28,18 +30,6 @@ def coco_root(tmp_path_factory) -> Path:
 def copy_of_root(coco_root, tmp_path) -> Path:
     """A private copy for tests that damage files."""
     return Path(shutil.copytree(coco_root, tmp_path / "coco"))
-
-
-def _json_path(root: Path) -> Path:
-    return root / "annotations" / "instances_val2017.json"
-
-
-def _rewrite(root: Path, change) -> Path:
-    path = _json_path(root)
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-    return path
 
 
 # ---------------------------------------------------------------- tables

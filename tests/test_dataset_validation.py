@@ -3,13 +3,13 @@ annotations and bad image files fail in seconds, naming the file, before any wei
 with skip_bad a bad image is left out and counted."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from coco_json import edit_coco_json as _edit_coco
 from PIL import Image
 
 from deployzoo.cli import main
@@ -36,18 +36,6 @@ def copy_of(pristine, tmp_path):
         return Path(shutil.copytree(root, tmp_path / "data" / kind / root.name))
 
     return make
-
-
-def _coco_json(root: Path) -> Path:
-    return root / "annotations" / "instances_val2017.json"
-
-
-def _edit_coco(root: Path, change) -> Path:
-    path = _coco_json(root)
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-    return path
 
 
 def _voc_xml(root: Path, image_id: str = "000001") -> Path:
@@ -124,7 +112,7 @@ def no_model(monkeypatch):
 
     for module, name in ((deployzoo.engine, "load_model"), (deployzoo.pipeline, "load_model"),
                          (deployzoo.job, "load_model"), (deployzoo.pipeline, "export_model"),
-                         (deployzoo.job, "export_model"), (deployzoo.pipeline, "export_onnx"),
+                         (deployzoo.job, "cached_onnx"), (deployzoo.pipeline, "export_onnx"),
                          (deployzoo.pipeline, "write_bins")):
         monkeypatch.setattr(module, name, boom)
 

@@ -58,11 +58,24 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_segmentation(path: Path, seg: Any, where: str) -> None:
-    """A list of polygons (lists of numbers) or an RLE dict with size [h, w] and counts (str or list)."""
+    """A list of polygons (lists of numbers) or an RLE dict with size [h, w] and counts (str or list).
+
+    (Whether an RLE's size is its image's is checked per image, against the real file, by
+    ``COCODetectionTask.check_image``.) A polygon list that pycocotools cannot read is refused:
+    ``frPyObjects`` (pycocotools 2.0, coco.py ``annToRLE`` -> _mask.pyx) looks only at the first
+    polygon's length and fails on an empty list (IndexError) or a first polygon of fewer than 4 numbers
+    ("input type is not supported"), which would otherwise surface only at scoring time, after the whole
+    run. (A first polygon of exactly 4 numbers is read as a box, as the official evaluation reads it.)"""
     if isinstance(seg, list):
         for k, poly in enumerate(seg):
             if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
                 raise BadInputError(path, f"{where}: segmentation polygon {k} is not a list of numbers")
+        if not seg:
+            raise BadInputError(path, f"{where}: segmentation is an empty list of polygons (pycocotools cannot "
+                                      f"read it; give the polygons or drop the key)")
+        if len(seg[0]) < 4:
+            raise BadInputError(path, f"{where}: segmentation polygon 0 has {len(seg[0])} numbers; a polygon is "
+                                      f"x, y pairs of at least 3 points (pycocotools cannot read it)")
         return
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")

@@ -72,11 +72,21 @@ class COCODetectionTask:
         return check_split(self, root, skip_bad=skip_bad, limit=limit)
 
     def check_image(self, dataset: COCODetection, image_id: str, handle: COCOImageGT, hw: tuple[int, int]) -> None:
-        """Raise BadInputError unless the image file's (H, W) ``hw`` is the annotation file's."""
+        """Raise BadInputError unless the image file's (H, W) ``hw`` is the annotation file's, and the size of
+        every RLE ``segmentation`` of the image's annotations."""
         if (handle.height, handle.width) != tuple(hw):
             what = f"the 'images' entry of id {image_id}"
             raise BadInputError(dataset.split_file, size_mismatch(what, (handle.height, handle.width),
                                                                   dataset.image_path(image_id), hw))
+        # An RLE mask of another size can never be matched: pycocotools' rleIou (maskApi.c) gives -1 for
+        # masks of different sizes, so mask AP would drop without a word.
+        for ann in dataset.annotations(image_id):
+            seg = ann.get("segmentation")
+            if isinstance(seg, dict) and tuple(seg["size"]) != tuple(hw):
+                raise BadInputError(dataset.split_file, f"annotation id {ann['id']} of image {image_id}: RLE "
+                                                        f"segmentation 'size' {list(seg['size'])} [height, width] is "
+                                                        f"not the size {list(hw)} of {dataset.image_path(image_id)}: "
+                                                        f"the mask could never match a detection")
 
     def make_synthetic(self, root: str | Path, num_images: int = 8, seed: int = 0) -> Path:
         """Write a synthetic COCO tree at ``root`` and return the path to pass to :meth:`open`."""

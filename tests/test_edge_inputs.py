@@ -1,0 +1,142 @@
+"""Bad input found by trying the product as a new user (issue 14 follow-up): each kind gets one clear error
+naming the file and the problem before the expensive part, never a silently wrong figure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from coco_json import edit_coco_json
+from pycocotools import mask as mask_utils
+
+from deployzoo.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES, COCODetection
+from deployzoo.data.synthetic_coco import make_synthetic_coco
+from deployzoo.errors import BadInputError
+from deployzoo.tasks.coco_detection import COCODetectionTask
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture
+def coco2(tmp_path) -> Path:
+    return make_synthetic_coco(tmp_path / "coco", num_images=2, seed=0)
+
+
+def _first_with_rle(data: dict) -> dict:
+    return next(a for a in data["annotations"] if isinstance(a.get("segmentation"), dict))
+
+
+# ---------------------------------------------------------------- COCO ground-truth masks
+
+
+def test_gt_rle_of_another_size_would_score_a_perfect_mask_as_missed(coco2):
+    """Why the check exists: pycocotools' IoU of differently sized masks is -1, so a detection equal to the
+    ground truth is not matched (mask AP drops without a word)."""
+    a = mask_utils.encode(np.asfortranarray(np.ones((20, 30), np.uint8)))
+    b = mask_utils.encode(np.asfortranarray(np.ones((30, 20), np.uint8)))
+    assert mask_utils.iou([a], [b], [0])[0, 0] == -1
+
+
+def test_gt_rle_whose_size_is_not_the_images_is_refused_naming_the_annotation(coco2):
+    def change(data):
+        ann = _first_with_rle(data)
+        ann["segmentation"]["size"] = [100, 100]
+
+    edit_coco_json(coco2, change)
+    task = COCODetectionTask()
+    with pytest.raises(BadInputError, match=r"instances_val2017\.json.*annotation id \d+ of image \d+: RLE "
+                                            r"segmentation 'size' \[100, 100\].*not the size \[\d+, \d+\] of "
+                                            r".*\.jpg"):
+        task.validate(coco2)
+    checked = task.validate(coco2, skip_bad=True)  # a per-image problem: --skip-bad leaves that image out
+    assert len(checked.skipped) == 1 and "RLE segmentation 'size' [100, 100]" in checked.skipped[0]["problem"]
+
+
+def test_data_to_bin_refuses_a_wrongly_sized_gt_mask_before_writing(coco2, tmp_path, capsys):
+    from deployzoo.cli import main
+
+    edit_coco_json(coco2, lambda data: _first_with_rle(data)["segmentation"].update(size=[7, 9]))
+    assert main(["data", "to-bin", "mmdet-mask-rcnn-r50-fpn-1x", "--data", str(coco2), "--out",
+                 str(tmp_path / "bins")]) == 2
+    assert "RLE segmentation 'size' [7, 9]" in capsys.readouterr().err
+    assert not (tmp_path / "bins").exists()
+
+
+@pytest.mark.parametrize("polygons, words", [([], "is an empty list of polygons"), ([[1.0, 2.0, 3.0]], "polygon 0 has 3")])
+def test_gt_polygons_pycocotools_cannot_read_are_refused_up_front(coco2, polygons, words):
+    def change(data):
+        data["annotations"][0]["segmentation"] = polygons
+
+    edit_coco_json(coco2, change)
+    with pytest.raises(BadInputError, match=r"annotations\[0\] \(id \d+\): segmentation " + words):
+        COCODetection(coco2)
+    # what scoring would have met after the whole run
+    with pytest.raises((IndexError, Exception)):
+        mask_utils.frPyObjects(polygons, 10, 10)
+
+
+def test_gt_polygons_pycocotools_reads_are_kept(coco2):
+    def change(data):
+        data["annotations"][0]["segmentation"] = [[1.0, 1.0, 9.0, 1.0, 9.0, 9.0], [2.0, 2.0]]  # a 1-point tail
+        data["annotations"][1]["segmentation"] = [[1.0, 1.0, 5.0, 5.0]]  # read as a box, as COCOeval does
+
+    edit_coco_json(coco2, change)
+    dataset = COCODetection(coco2)
+    assert len(dataset) == 2 and len(COCO_CLASSES) == len(COCO_CATEGORY_IDS)
+
+
+# ---------------------------------------------------------------- numeric options out of range
+
+REFINEDET = "refinedet320-vgg16-voc"
+_OUT_OF_RANGE = [
+    (["predict", REFINEDET, "--out", "o", "x.png"], "--max-dets", "-1"),
+    (["predict", REFINEDET, "--out", "o", "x.png"], "--max-dets", "0"),
+    (["predict", REFINEDET, "--out", "o", "x.png"], "--score-thr", "nan"),
+    (["predict", REFINEDET, "--out", "o", "x.png"], "--draw-thr", "inf"),
+    (["predict", REFINEDET, "--out", "o", "x.png"], "--threads", "-3"),
+    (["eval", REFINEDET, "--data", "d"], "--workers", "-1"),
+    (["eval", REFINEDET, "--data", "d"], "--pictures", "-1"),
+    (["eval", REFINEDET, "--data", "d"], "--guard-images", "0"),
+    (["eval", REFINEDET, "--data", "d"], "--guard-tolerance", "nan"),
+    (["eval", REFINEDET, "--data", "d"], "--calibration-images", "0"),
+    (["data", "to-bin", REFINEDET, "--out", "b", "x.png"], "--workers", "-2"),
+    (["data", "synthetic", REFINEDET, "--out", "s"], "--num-images", "0"),
+    (["bench", REFINEDET], "--iters", "0"),
+    (["bench", REFINEDET], "--warmup", "-1"),
+    (["bench", REFINEDET], "--min-seconds", "-1"),
+    (["bench", REFINEDET], "--repeats", "0"),
+    (["matrix", "--out", "m"], "--iters", "0"),
+    (["matrix", "--out", "m"], "--cell-timeout", "0"),
+    (["run", REFINEDET, "--out", "r"], "--workers", "-1"),
+    (["run", REFINEDET, "--out", "r"], "--min-seconds", "nan"),
+]
+
+
+@pytest.mark.parametrize("command, option, value", _OUT_OF_RANGE,
+                         ids=[f"{c[0]}{c[1] if c[0] == 'data' else ''}{o}={v}" for c, o, v in _OUT_OF_RANGE])
+def test_numeric_option_out_of_range_is_refused_by_the_parser(command, option, value, capsys):
+    from deployzoo.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*command, option, value])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}:" in error and value in error, error
+
+
+def test_in_range_values_still_parse():
+    from deployzoo.option_types import finite_number, whole_number
+
+    assert whole_number(0, "threads")("0") == 0 and whole_number(1, "images")("7") == 7
+    assert finite_number("--score-thr")("-0.5") == -0.5 and finite_number("--min-seconds", 0)("0") == 0.0
+
+
+def test_detections_top_refuses_a_negative_count_and_a_nan_threshold():
+    from deployzoo.structures import Detections
+
+    dets = Detections(np.zeros((3, 4), np.float32), np.array([0.9, 0.5, 0.7], np.float32), np.zeros(3, np.int64))
+    assert len(dets.top(2)) == 2 and len(dets.top(0)) == 0 and len(dets.top(None)) == 3
+    with pytest.raises(ValueError, match="max_dets must be at least 0"):
+        dets.top(-1)
+    with pytest.raises(ValueError, match="NaN"):
+        dets.top(None, float("nan"))
