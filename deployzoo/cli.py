@@ -371,13 +371,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"resumed: {outcome.run.resumed} images taken from the interrupted run, {outcome.run.computed} computed now")
     results = "predictions.json and label_maps/" if spec.task == "semantic-segmentation" else "detections.json"
     print(f"wrote {out / 'metrics.json'} and {out / results}")
+    stand_in = "stand-in" in str(fingerprint.get("weights", ""))
+    pictures = []
     if args.pictures > 0:
         from deployzoo.pictures import PICTURE_DIR, eval_pictures
 
         pictures = eval_pictures(spec, outcome.run.results, outcome.annotations, checked.dataset.image_path, out,
-                                 count=args.pictures, stand_in="stand-in" in str(fingerprint.get("weights", "")))
+                                 count=args.pictures, stand_in=stand_in)
         print(f"wrote {len(pictures)} pictures to {out / PICTURE_DIR} (the first {args.pictures} images and the "
               f"{args.pictures} that disagree most with the ground truth; --pictures 0 skips them)")
+    from deployzoo.run_report import eval_markdown, protocol_reference
+
+    (out / "report.md").write_text(eval_markdown(
+        spec, outcome.summary, outcome.metrics.table(), outcome.run.timer.table(), out, pictures=pictures,
+        stand_in=stand_in, protocol_reference=protocol_reference(spec.evaluation, outcome.summary["protocol"]),
+        engine=f"{describe.get('backend')} {describe.get('precision', 'fp32')}, batch {args.batch}"))
+    print(f"wrote {out / 'report.md'} (the figures, pictures and files, explained)")
     return 0
 
 

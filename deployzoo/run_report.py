@@ -121,46 +121,10 @@ def run_markdown(spec: Any, report: dict[str, Any], agreement_table: str, metric
         "5. Wrote this report and the files listed at the end.",
         "",
     ]
-    if pictures:
-        lines += ["## Pictures", ""]
-        lines += ["Detections scoring at least 0.3 are drawn (with none that high, the 5 best, as the caption says); "
-                  "thin white outlines are the ground truth." if spec.task != "semantic-segmentation" else
-                  "The predicted label map is blended over each photo; the legend gives each class's share of the "
-                  "pixels."]
-        if stand_in:
-            lines += ["", "With stand-in weights the boxes and labels are meaningless: the pictures show that the "
-                          "pipeline draws, not what the model sees."]
-        lines.append("")
-        for p in pictures:
-            unit = "%" if p["unit"].startswith("%") else ""
-            amount = f"{p['disagreement']:.1f}%" if unit else f"{p['disagreement']:.0f}"
-            lines += [f"**{p['why']}**: image {p['image_id']}, disagreement with ground truth {amount} "
-                      f"({p['unit']})", "",
-                      f"![{p['why']}: image {p['image_id']}](eval/{p['file']})", ""]
-    count = report.get("images_evaluated")
-    lines += ["## Accuracy", "", f"**Measured in this run: {acc['metric']} = {acc['value']:.2f}** on "
-              f"{str(count) + ' ' if count is not None else ''}"
-              f"{'synthetic images' if synthetic else 'images of ' + str(report['data'])}.", ""]
-    if stand_in or synthetic:
-        why = " and ".join(w for w, on in (("stand-in weights", stand_in), ("synthetic images", synthetic)) if on)
-        lines += [f"This figure comes from {why}: it checks that evaluation runs end to end and **says nothing "
-                  "about the trained model's accuracy**. It is not comparable with the published figure below.", ""]
-    meaning = METRIC_MEANING.get(acc["metric"])
-    lines += [f"How it is computed (protocol '{acc['protocol']}'): {meaning or acc['metric']}."
-              + (f" The figures equal {protocol_reference}." if protocol_reference else ""), ""]
-    lines += ["Per class:", "", metrics_table, ""]
-    if stand_in and spec.task != "semantic-segmentation":
-        lines += ["Why the per-class rows look odd: stand-in weights give every anchor a similar, meaningless "
-                  "score, so the model keeps its maximum number of detections on every image, thousands per class "
-                  "over the set. With that many boxes nearly every ground-truth object is touched by one (recall "
-                  "near 100%) while almost all boxes are wrong (precision near 0), so AP stays low. Trained "
-                  "weights do not do this.", ""]
-    elif stand_in:
-        lines += ["Why the per-class rows look odd: with stand-in weights the predicted classes are arbitrary, so "
-                  "most classes have an IoU near 0. Trained weights do not do this.", ""]
-    lines += ["### Published figure (for the trained model)", "",
-              f"{acc['metric']} {acc['published']} ({acc['published_source']}). Reproduce it with the official "
-              "checkpoint and the real dataset (see Next steps).", ""]
+    lines += pictures_section(spec, pictures, "eval/", stand_in)
+    lines += accuracy_section(spec, acc, report.get("images_evaluated"),
+                              "synthetic images" if synthetic else "images of " + str(report["data"]),
+                              stand_in, synthetic, metrics_table, protocol_reference)
     lines += ["## Engine against PyTorch", "",
               "ONNX Runtime and the PyTorch model on the same preprocessed images; this checks the export, whatever "
               "the weights.", "", agreement_table, ""]
@@ -181,7 +145,10 @@ def run_markdown(spec: Any, report: dict[str, Any], agreement_table: str, metric
                   "What it means: the share of the engine's own speed that survives in real use. 1.0: reading, "
                   "preprocessing and post-processing are fully hidden behind inference; 0.5: the pipeline runs at "
                   "half the engine's speed, so the host work (or too few worker processes) is the bottleneck, not "
-                  "the model. Worker start-up is not counted.", ""]
+                  f"the model. Basis: {ratio.get('end_to_end_basis', 'the whole run, worker start-up not counted')}"
+                  + (f"; pure inference timed on {ratio['pure_inputs']}" if ratio.get("pure_inputs") else "")
+                  + (f"; the whole run's wall-clock rate was {ratio['wall_images_per_s']:.2f} images/s"
+                     if ratio.get("wall_images_per_s") else "") + ".", ""]
     lines += ["## Files written", ""]
     lines += [f"- `{name}`: {what}" for name, what in _files(report, out, plot, pictures)]
     lines += ["", "## Next steps", ""]
@@ -201,6 +168,91 @@ def run_markdown(spec: Any, report: dict[str, Any], agreement_table: str, metric
               f"{step + 1}. Other engines and precisions: `deployzoo matrix --models {spec.name} "
               "--backends onnxruntime,openvino,pytorch --precisions fp32,fp16,bf16 --out matrix`.",
               f"{step + 2}. What this machine offers (backends, CPU features, cache): `deployzoo doctor`.", ""]
+    return "\n".join(lines)
+
+
+def pictures_section(spec: Any, pictures: Sequence[dict[str, Any]], prefix: str, stand_in: bool) -> list[str]:
+    """"## Pictures": each eval picture embedded (``prefix``: the path from the report to the eval folder)."""
+    if not pictures:
+        return []
+    lines = ["## Pictures", ""]
+    lines += ["Detections scoring at least 0.3 are drawn (with none that high, the 5 best, as the caption says); "
+              "thin white outlines are the ground truth." if spec.task != "semantic-segmentation" else
+              "The predicted label map is blended over each photo; the legend gives each class's share of the "
+              "pixels."]
+    if stand_in:
+        lines += ["", "With stand-in weights the boxes and labels are meaningless: the pictures show that the "
+                      "pipeline draws, not what the model sees."]
+    lines.append("")
+    for p in pictures:
+        unit = "%" if p["unit"].startswith("%") else ""
+        amount = f"{p['disagreement']:.1f}%" if unit else f"{p['disagreement']:.0f}"
+        lines += [f"**{p['why']}**: image {p['image_id']}, disagreement with ground truth {amount} "
+                  f"({p['unit']})", "",
+                  f"![{p['why']}: image {p['image_id']}]({prefix}{p['file']})", ""]
+    return lines
+
+
+def accuracy_section(spec: Any, acc: dict[str, Any], count: int | None, images: str, stand_in: bool,
+                     synthetic: bool, metrics_table: str, protocol_reference: str | None) -> list[str]:
+    """"## Accuracy": the measured figure with what it is worth, the metric and protocol explained, the
+    per-class table (and why stand-in rows look odd), then the published figure under its own heading.
+    ``acc``: {"metric", "protocol", "value", "published", "published_source"}."""
+    lines = ["## Accuracy", "", f"**Measured in this run: {acc['metric']} = {acc['value']:.2f}** on "
+             f"{str(count) + ' ' if count is not None else ''}{images}.", ""]
+    if stand_in or synthetic:
+        why = " and ".join(w for w, on in (("stand-in weights", stand_in), ("synthetic images", synthetic)) if on)
+        lines += [f"This figure comes from {why}: it checks that evaluation runs end to end and **says nothing "
+                  "about the trained model's accuracy**. It is not comparable with the published figure below.", ""]
+    meaning = METRIC_MEANING.get(acc["metric"])
+    lines += [f"How it is computed (protocol '{acc['protocol']}'): {meaning or acc['metric']}."
+              + (f" The figures equal {protocol_reference}." if protocol_reference else ""), ""]
+    lines += ["Per class:", "", metrics_table, ""]
+    if stand_in and spec.task != "semantic-segmentation":
+        lines += ["Why the per-class rows look odd: stand-in weights give every anchor a similar, meaningless "
+                  "score, so the model keeps its maximum number of detections on every image, thousands per class "
+                  "over the set. With that many boxes nearly every ground-truth object is touched by one (recall "
+                  "near 100%) while almost all boxes are wrong (precision near 0), so AP stays low. Trained "
+                  "weights do not do this.", ""]
+    elif stand_in:
+        lines += ["Why the per-class rows look odd: with stand-in weights the predicted classes are arbitrary, so "
+                  "most classes have an IoU near 0. Trained weights do not do this.", ""]
+    lines += ["### Published figure (for the trained model)", "",
+              f"{acc['metric']} {acc['published']} ({acc['published_source']}). Reproduce it with the official "
+              "checkpoint and the real dataset.", ""]
+    return lines
+
+
+def eval_markdown(spec: Any, summary: dict[str, Any], metrics_table: str, stages_table: str, out: Path,
+                  pictures: Sequence[dict[str, Any]] = (), stand_in: bool = False,
+                  protocol_reference: str | None = None, engine: str = "") -> str:
+    """report.md of ``deployzoo eval`` (``summary``: what metrics.json holds): the same accuracy and picture
+    sections as run's report, the stage timings, the files written."""
+    headline = summary["headline"]
+    acc = {"metric": headline["metric"], "protocol": summary["protocol"], "value": headline["value"] or 0.0,
+           "published": spec.published.value, "published_source": spec.published.source}
+    lines = [f"# deployzoo eval: {spec.name}", ""]
+    if stand_in:
+        lines += ["> **Read this first.** No checkpoint was given, so the model ran with **stand-in weights** "
+                  "(deterministic pseudo-random values): the pictures and figures show what the pipeline does, "
+                  "**not what the trained model does**. Give `--checkpoint` with the official file.", ""]
+    lines += [f"Model **{spec.name}** on {summary['data_root']} ({summary['dataset']}); engine: {engine}.", ""]
+    lines += pictures_section(spec, pictures, "", stand_in)
+    lines += accuracy_section(spec, acc, summary.get("images_evaluated"), f"images of {summary['data_root']}",
+                              stand_in, False, metrics_table, protocol_reference)
+    lines += ["## Where the time went", "", "Seconds per stage: files read and preprocessed in worker processes, "
+              "the engine, post-processing.", "", stages_table, "", "## Files written", ""]
+    rows = [("report.md", "this report"), ("metrics.json", "every figure above, machine-readable")]
+    for name, what in (("detections.json", "every detection (predictions contract)"),
+                       ("predictions.json", "one record per image (label maps)"),
+                       ("label_maps/", "predicted label maps (palette PNG)"),
+                       ("coco_results.bbox.json", "detections in COCO's results format"),
+                       ("coco_results.segm.json", "masks in COCO's results format")):
+        if (out / name).exists():
+            rows.append((name, what))
+    if pictures:
+        rows.append(("pictures/", f"{len(pictures)} pictures shown above"))
+    lines += [f"- `{name}`: {what}" for name, what in rows] + [""]
     return "\n".join(lines)
 
 

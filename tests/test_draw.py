@@ -128,6 +128,10 @@ def test_eval_draws_the_first_and_the_most_disagreeing(tmp_path, synthetic_voc, 
     assert len({p.name.split("-", 2)[2] for p in pictures}) == 2  # two different images
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images_evaluated"] == 4
+    report = (out / "report.md").read_text()  # eval's report embeds its pictures by relative paths
+    assert "stand-in weights" in report and "### Published figure" in report and "How it is computed" in report
+    assert sorted(f"pictures/{p.name}" for p in pictures) == sorted(
+        line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("!["))
 
 
 @pytest.mark.slow

@@ -86,8 +86,10 @@ def test_openvino_int8_quantizes_once_and_its_guard_runs(tmp_path, refinedet_spe
     assert result.agreement is not None
     said = capsys.readouterr().out
     assert "quantizing" in said and "2 calibration images (dataset)" in said and "NonMaxSuppression" not in said
-    irs = list((tmp_path / "int8").glob("*-int8-*.xml"))
-    assert len(irs) == 1  # the guard's engine and any later one share the cached IR
+    from deployzoo.cache import kind_dir
+
+    irs = list(kind_dir("int8").glob(f"{onnx.stem.replace('-fp32', '')}-int8-*.xml"))
+    assert len(irs) == 1  # the guard's engine and any later one share the IR in the engine cache
     recipe = json.loads(irs[0].with_suffix(".json").read_text())
     assert recipe["calibration"]["images"] == 2 and recipe["calibration"]["source"] == "dataset"
     import openvino as ov
