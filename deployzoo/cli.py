@@ -36,7 +36,8 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
     p.add_argument("--backend", default=backend_default, choices=list(BACKENDS),
                    help=f"engine to run (default {backend_default}); ONNX backends use the engine cache's export")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+                   help="intra-op threads (0 = backend default)")
     _add_precision_args(p)
 
 
@@ -45,14 +46,17 @@ def _add_precision_args(p: argparse.ArgumentParser) -> None:
                    help="fp16/bf16/int8 engines are checked by the accuracy guard (metric vs fp32 on a sample, "
                         "delta reported); auto measures each precision's speed and guard here, keeps the fastest "
                         "whose guard holds and prints the table")
-    p.add_argument("--guard-images", type=whole_number(1, "images"), default=8, help="images the accuracy guard evaluates")
-    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5, help="largest metric drop (points) the guard allows")
+    p.add_argument("--guard-images", type=whole_number(1, "images"), default=8,
+                   help="images the accuracy guard evaluates")
+    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5,
+                   help="largest metric drop (points) the guard allows")
     p.add_argument("--guard-data", help="dataset for the guard (default: the command's --data, else a synthetic set)")
     p.add_argument("--auto-precisions", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
                    help="the candidates --precision auto measures (default: all the backend offers here)")
     p.add_argument("--calibration-data", help="int8 calibration dataset (default: the command's --data, else a "
                                               "generated synthetic set, which it says)")
-    p.add_argument("--calibration-images", type=whole_number(1, "images"), default=16, help="images int8 calibration uses (the first N)")
+    p.add_argument("--calibration-images", type=whole_number(1, "images"), default=16,
+                   help="images int8 calibration uses (the first N)")
 
 
 def _calibration(args: argparse.Namespace, data=None):
@@ -512,6 +516,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _checked_onnx(args.onnx, spec, "compare")
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, limit=args.num_images) if args.data and not args.images else None
+    if args.images:  # each listed image given once and readable (header), before the model is built or exported
+        from deployzoo.data.inputs import check_image_files, output_names
+
+        output_names(args.images)
+        check_image_files(args.images, offers_skip_bad=False)
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
     precision, _ = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=args.onnx, data=args.data)
@@ -559,7 +568,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         paths = list(args.images)
         names = output_names(paths)
         if paths:
-            check_image_files(paths)  # every listed image's header, before any .bin is written
+            check_image_files(paths, offers_skip_bad=False)  # every listed image's header, before any .bin
         if args.data:
             checked = _check_data(spec, args.data, limit=args.limit)
             split = split_names(checked.dataset)  # the names `eval --dumps` looks for, whatever --limit is
@@ -696,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(positional_list="images")  # images may come before, between or after options
     p.add_argument("--score-thr", type=finite_number("--score-thr"), default=0.0,
                    help="keep detections scoring at least this in predictions.json (default 0: all)")
-    p.add_argument("--max-dets", type=whole_number(1, "detections"), default=None, help="default: everything the original model returns")
+    p.add_argument("--max-dets", type=whole_number(1, "detections"), default=None,
+                   help="default: everything the original model returns")
     _add_ray_args(p)
     p.add_argument("--draw", action=argparse.BooleanOptionalAction, default=True,
                    help="write DIR/pictures/<name>.png per input: boxes, class names, scores, masks, or the label "
@@ -716,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "refinedet-pytorch, detectron2 or mmdet (README 'VOC07 protocols'); COCO: standard")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--skip-bad", action="store_true", help="skip unusable images/annotations with a warning")
-    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1, help="preprocessing processes (0 = in the main process)")
+    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1,
+                   help="preprocessing processes (0 = in the main process)")
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
     _add_ray_args(p)
@@ -744,10 +755,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="official checkpoint file; without it, deterministic stand-in weights")
     p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS), help="engine to time (default onnxruntime)")
     p.add_argument("--batch", type=_batch_list, default=[1, 4, 8], help="comma-separated batch sizes (default 1,4,8)")
-    p.add_argument("--warmup", type=whole_number(0, "warm-up calls"), default=None, help="warm-up calls (default 3); with --e2e, passes (default 1)")
-    p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=10, help="at least this many timed iterations")
+    p.add_argument("--warmup", type=whole_number(0, "warm-up calls"), default=None,
+                   help="warm-up calls (default 3); with --e2e, passes (default 1)")
+    p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=10,
+                   help="at least this many timed iterations")
     p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=5.0, help="and at least this long")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+                   help="intra-op threads (0 = backend default)")
     p.add_argument("--out", help="results folder for the JSON and CSV (default runs/bench)")
     p.add_argument("--data", help="dataset for the accuracy guard (fp16, bf16, auto)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
@@ -760,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default="fp32", help="--e2e: comma-separated precisions (fp32, fp16, bf16)")
     p.add_argument("--images", nargs="+", help="--e2e: image files (default: generated images of the model's dataset)")
     p.add_argument("--num-images", type=int, default=4, help="--e2e: generated images when no --images")
-    p.add_argument("--repeats", type=whole_number(1, "timed passes"), default=3, help="--e2e: interleaved timed passes per engine")
+    p.add_argument("--repeats", type=whole_number(1, "timed passes"), default=3,
+                   help="--e2e: interleaved timed passes per engine")
     _add_precision_args(p)
     p.set_defaults(func=cmd_bench)
 
@@ -783,7 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("images", nargs="*", help="image files (or --data)")
     q.add_argument("--data", help="dataset root: its split's images, named as `eval --dumps` expects")
     q.add_argument("--limit", type=int, help="only the first N images of --data's split")
-    q.add_argument("--workers", type=whole_number(0, "worker processes"), default=0, help="preprocessing processes (0 = in the main process)")
+    q.add_argument("--workers", type=whole_number(0, "worker processes"), default=0,
+                   help="preprocessing processes (0 = in the main process)")
     q.add_argument("--out", required=True, help="folder for the .bin files, input.info and images.info")
     q.set_defaults(func=cmd_data, positional_list="images")  # images may come before, between or after options
     q = command(data_sub, "synthetic", help="write a small synthetic dataset in the official layout")
@@ -805,12 +821,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "'local' (no ADDRESS) on this machine; an address joins a cluster")
     p.add_argument("--checkpoint", help="official checkpoint (with a single model only)")
     p.add_argument("--data", help="dataset for the accuracy guard (default: a synthetic set per dataset)")
-    p.add_argument("--guard-images", type=whole_number(1, "images"), default=4, help="images the accuracy guard evaluates (default 4)")
-    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5, help="largest metric drop (points) below fp32")
-    p.add_argument("--warmup", type=whole_number(0, "warm-up calls"), default=1, help="untimed calls before timing each cell (default 1)")
-    p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=3, help="at least this many timed iterations per cell")
+    p.add_argument("--guard-images", type=whole_number(1, "images"), default=4,
+                   help="images the accuracy guard evaluates (default 4)")
+    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5,
+                   help="largest metric drop (points) below fp32")
+    p.add_argument("--warmup", type=whole_number(0, "warm-up calls"), default=1,
+                   help="untimed calls before timing each cell (default 1)")
+    p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=3,
+                   help="at least this many timed iterations per cell")
     p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=2.0, help="and at least this long")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+                   help="intra-op threads (0 = backend default)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--overhead", action="store_true",
                    help="also time ONNX Runtime's / OpenVINO's own run loop in each cell and report the ratio")
@@ -828,9 +849,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch", type=_batch_size, default=None, help="batch size of the evaluation (default: the model's)")
     p.add_argument("--num-images", type=int, default=None, help="synthetic images when no --data")
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
-    p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=None, help="minimum duration of each benchmark cell")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0, help="intra-op threads (0 = backend default)")
-    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1, help="preprocessing processes (0 = in the main process)")
+    p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=None,
+                   help="minimum duration of each benchmark cell")
+    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+                   help="intra-op threads (0 = backend default)")
+    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1,
+                   help="preprocessing processes (0 = in the main process)")
     p.set_defaults(func=cmd_run)
     _add_fine_tune_args(sub.choices, data_sub.choices)
     return parser

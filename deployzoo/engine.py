@@ -39,6 +39,7 @@ def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int 
     mapping report says "N classes, inferred from <tensor> <shape>".
     """
     from deployzoo.checkpoints import load_into_model
+    from deployzoo.checkpoints.finite import check_finite_weights
     from deployzoo.checkpoints.synthetic import synthetic_state_dict
     from deployzoo.fine_tuned import read_checkpoint, setup_for_loaded, with_classes
 
@@ -57,6 +58,7 @@ def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int 
         report = load_into_model(model, raw, spec.checkpoint_rules)
     except CheckpointError as exc:
         raise _for_user(exc, spec, raw.tensors, model.state_dict()) from exc
+    check_finite_weights(model, checkpoint, report)
     if spec.class_names_source != "official":
         from deployzoo.checkpoints.head_classes import infer_num_classes
 

@@ -140,3 +140,95 @@ def test_detections_top_refuses_a_negative_count_and_a_nan_threshold():
         dets.top(-1)
     with pytest.raises(ValueError, match="NaN"):
         dets.top(None, float("nan"))
+
+
+# ---------------------------------------------------------------- weights holding NaN / inf
+
+
+@pytest.fixture
+def nan_checkpoint(refinedet_checkpoint, tmp_path) -> Path:
+    import torch
+
+    weights = torch.load(refinedet_checkpoint, weights_only=True)
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key] = weights[key].clone()
+    weights[key].view(-1)[:2] = torch.tensor([float("nan"), float("inf")])
+    path = tmp_path / "diverged.pth"
+    torch.save(weights, path)
+    return path
+
+
+def test_a_checkpoint_holding_nan_is_refused_at_load_naming_the_tensor(nan_checkpoint, refinedet_spec):
+    from deployzoo.engine import load_model
+    from deployzoo.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"diverged\.pth: 1 weight tensor\(s\) hold NaN or infinity.*"
+                                              r"vgg\.0\.weight \(1 NaN, 1 inf of \d+\)"):
+        load_model(refinedet_spec, nan_checkpoint)
+
+
+def test_predict_with_a_nan_checkpoint_stops_before_export(nan_checkpoint, tmp_path, monkeypatch, capsys):
+    import cv2
+
+    import deployzoo.cache
+    from deployzoo.cli import main
+
+    def boom(*args, **kwargs):
+        raise AssertionError("exported before the weights were checked")
+
+    monkeypatch.setattr(deployzoo.cache, "cached_onnx", boom)
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.full((40, 50, 3), 90, np.uint8))
+    assert main(["predict", REFINEDET, "--checkpoint", str(nan_checkpoint), "--out", str(tmp_path / "o"),
+                 str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "hold NaN or infinity" in err and "Traceback" not in err and "could not be decoded" not in err
+    assert not (tmp_path / "o" / "predictions.json").exists()
+
+
+# ---------------------------------------------------------------- images cut short; compare checks first
+
+
+def _png(path: Path, cut: int | None = None) -> Path:
+    import cv2
+
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    if cut is not None:
+        path.write_bytes(path.read_bytes()[:cut])
+    return path
+
+
+@pytest.mark.parametrize("cut", [40, 2000])  # inside the header chunks; inside the image data
+def test_a_png_cut_short_is_found_by_the_header_check(tmp_path, cut):
+    from deployzoo.data.checks import image_header_hw
+
+    whole = _png(tmp_path / "whole.png")
+    assert image_header_hw(whole) == (60, 80)
+    whole.write_bytes(whole.read_bytes() + b"trailing bytes")  # data after IEND is not truncation
+    assert image_header_hw(whole) == (60, 80)
+    with pytest.raises(BadInputError, match=r"cut\.png: (truncated PNG|not a decodable image)"):
+        image_header_hw(_png(tmp_path / "cut.png", cut=cut))
+
+
+@pytest.mark.parametrize("images", [["cut"], ["good", "good"]])
+def test_compare_checks_its_images_before_the_model(tmp_path, monkeypatch, capsys, images):
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model was built before the images were checked")
+
+    monkeypatch.setattr(deployzoo.engine, "load_model", boom)
+    files = {"cut": _png(tmp_path / "cut.png", cut=2000), "good": _png(tmp_path / "good.png")}
+    assert main(["compare", REFINEDET, "--out", str(tmp_path / "o"), "--images",
+                 *[str(files[name]) for name in images]]) == 2
+    err = capsys.readouterr().err
+    assert ("truncated PNG" in err or "given twice" in err) and "--skip-bad" not in err  # compare has none
+
+
+def test_to_bin_does_not_offer_a_skip_bad_it_does_not_have(tmp_path, capsys):
+    from deployzoo.cli import main
+
+    assert main(["data", "to-bin", REFINEDET, "--out", str(tmp_path / "b"), str(_png(tmp_path / "c.png", 2000))]) == 2
+    err = capsys.readouterr().err
+    assert "c.png: truncated PNG" in err and "--skip-bad" not in err

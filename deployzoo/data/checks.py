@@ -49,10 +49,38 @@ def _tail_is_eoi(path: Path) -> bool:
         return f.read(2) == b"\xff\xd9"
 
 
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every PNG: length 0, type, CRC
+
+
+def _png_is_complete(path: Path) -> bool:
+    """True when a PNG's chunks run on to its IEND chunk (the file was not cut short).
+
+    Fast path: the file ends with IEND. Otherwise walk the chunk headers (8 bytes each, data skipped): a
+    file that ends before IEND is truncated. (libpng's decoder fails on it only at decode time, after the
+    other images' work, with a raw "PNG input buffer is incomplete" line that names no file.)"""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(size - len(_PNG_IEND), 0))
+        if f.read() == _PNG_IEND:
+            return True
+        f.seek(8)  # past the signature
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"IEND":
+                return True
+            if f.tell() + length + 4 > size:
+                return False
+            f.seek(length + 4, 1)  # chunk data and CRC
+
+
 def image_header_hw(path: str | Path) -> tuple[int, int]:
     """(H, W) of an image as the decoders will return it (EXIF orientation applied), from its header.
 
-    Also refuses a JPEG cut short (looked at only when its last bytes are not the end-of-image marker).
+    Also refuses a JPEG or PNG cut short (looked at only when its last bytes are not the end-of-image marker
+    or the IEND chunk).
     A file PIL cannot identify is decoded with OpenCV instead (slower, but the same rules as inference).
 
     Raises:
@@ -73,10 +101,14 @@ def image_header_hw(path: str | Path) -> tuple[int, int]:
                 except Exception:  # noqa: BLE001 - a broken EXIF block is ignored by both decoders
                     orientation = None
             is_jpeg = image.format == "JPEG"
+            is_png = image.format == "PNG"
     except Exception:  # noqa: BLE001 - PIL raises many kinds; OpenCV decides below
         return tuple(read_image_bgr(path).shape[:2])  # type: ignore[return-value]
     if is_jpeg and not _tail_is_eoi(path) and not jpeg_is_complete(np.fromfile(str(path), dtype=np.uint8)):
         raise BadInputError(path, "truncated or corrupt JPEG (no end-of-image marker); "
+                                  "re-download or re-extract the file")
+    if is_png and not _png_is_complete(path):
+        raise BadInputError(path, "truncated PNG (the file ends before its IEND chunk); "
                                   "re-download or re-extract the file")
     if orientation in _SWAPS_SIDES:
         width, height = height, width

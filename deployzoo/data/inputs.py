@@ -78,12 +78,14 @@ def _tell_apart(paths: list[Path]) -> list[str] | None:
     return None
 
 
-def check_image_files(paths: Sequence[str | Path], skip_bad: bool = False) -> tuple[list[str], list[dict[str, str]]]:
+def check_image_files(paths: Sequence[str | Path], skip_bad: bool = False,
+                      offers_skip_bad: bool = True) -> tuple[list[str], list[dict[str, str]]]:
     """Look at every image file through its header (exists, a file, not empty, a readable image, a JPEG not
     cut short) before any model is loaded; seconds for thousands of files.
 
     Returns the usable paths (as given, in order) and ``{"path", "problem"}`` of each one left out; only with
-    ``skip_bad`` are bad files left out.
+    ``skip_bad`` are bad files left out. ``offers_skip_bad``: the command has ``--skip-bad`` (the error
+    then mentions it).
 
     Raises:
         DeployzooError: without ``skip_bad``, naming every bad file; with it, when no file is usable.
@@ -100,11 +102,13 @@ def check_image_files(paths: Sequence[str | Path], skip_bad: bool = False) -> tu
         usable.append(str(path))
     if bad and not skip_bad:
         if len(bad) == 1:
-            raise BadInputError(bad[0]["path"], bad[0]["problem"] + " (nothing was run; --skip-bad leaves it out)")
+            hint = "; --skip-bad leaves it out" if offers_skip_bad else ""
+            raise BadInputError(bad[0]["path"], bad[0]["problem"] + f" (nothing was run{hint})")
         listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise DeployzooError(f"{len(bad)} of {len(paths)} images are unusable (nothing was run; --skip-bad leaves "
-                             f"them out): {listed}{more}")
+        hint = "; --skip-bad leaves them out" if offers_skip_bad else ""
+        raise DeployzooError(f"{len(bad)} of {len(paths)} images are unusable (nothing was run{hint}): "
+                             f"{listed}{more}")
     if not usable:
         raise DeployzooError(f"none of the {len(paths)} images is usable (the first: {bad[0]['path']}: "
                              f"{bad[0]['problem']})")
