@@ -51,6 +51,8 @@ def compare(model: str, num_images: int, batch: int, out: Path, local_threads: i
                 "images_per_s": report["images_per_s"],
                 "per_replica_images_per_s": [r["images_per_s"] for r in report["per_replica"]],
                 "overhead_share": report["overhead"]["share"],
+                "scheduling_transfer_share": report["overhead"].get("scheduling_transfer_share"),
+                "tail_share": report["overhead"].get("tail_share"),
                 "startup_s": report["cluster_start_s"] + report["replica_start_s"]},
     }
     return result
@@ -62,12 +64,14 @@ def table(r: dict) -> str:
     return "\n".join([
         f"{r['model']}, {r['images']} generated images, batch {r['batch']}, {r['backend']} {r['precision']}, "
         f"end to end; {r['machine']}",
-        "| run | images/s | per replica images/s | Ray overhead share | start-up s (apart) |",
+        "| run | images/s | per replica images/s | Ray overhead share (scheduling + transfer, tail) | "
+        "start-up s (apart) |",
         "|---|---:|---:|---:|---:|",
         f"| local, --threads {loc['threads']} --workers 1 | {loc['images_per_s']:.3f} | - | - | "
         f"{loc['startup_s'] or 0:.1f} |",
         f"| --ray local --replicas {ray['replicas']} --threads-per-replica {ray['threads_per_replica']} | "
-        f"{ray['images_per_s']:.3f} | {per} | {ray['overhead_share']:.1%} | {ray['startup_s']:.1f} |",
+        f"{ray['images_per_s']:.3f} | {per} | {ray['overhead_share']:.1%} ({ray['scheduling_transfer_share']:.1%}, "
+        f"{ray['tail_share']:.1%}) | {ray['startup_s']:.1f} |",
         "",
         f"metrics identical: {r['metrics_identical']} (headline local {r['headline']['local']!r}, "
         f"ray {r['headline']['ray']!r})",

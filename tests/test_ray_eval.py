@@ -102,7 +102,9 @@ def test_ray_metrics_equal_a_local_run_to_the_last_digit(tmp_path, ray_cluster, 
     report = json.loads((tmp_path / "ray" / "metrics.json").read_text())["ray"]
     assert report["replicas"] == replicas and report["images_computed"] == 7
     assert sum(r["images"] for r in report["per_replica"]) == 7
-    assert 0.0 <= report["overhead"]["share"] < 1.0 and report["images_per_s"] > 0
+    over = report["overhead"]
+    assert 0.0 <= over["share"] < 1.0 and report["images_per_s"] > 0
+    assert over["tail_share"] + over["scheduling_transfer_share"] == pytest.approx(over["share"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -111,6 +111,7 @@ class _ReplicaState:
     images: int = 0
     busy_s: float = 0.0
     shards: int = 0
+    last_done: float | None = None  # when its last shard's results were stored (driver clock)
 
 
 @dataclass
@@ -274,6 +275,7 @@ class RayRunner:
                 state.images += len(outcome.results)
                 state.busy_s += outcome.busy_s
                 state.shards += 1
+                state.last_done = time.perf_counter()
                 if state.name in ("", "replacement"):
                     state.name = outcome.replica
                 bar.update(outcome.images)
@@ -291,11 +293,13 @@ class RayRunner:
 
     def _account(self, wall: float, t_end: float, images: int, get_s: float, store_s: float,
                  retried: list[int]) -> None:
-        per_replica, span_total, busy_total = [], 0.0, 0.0
+        per_replica, span_total, busy_total, tail_total = [], 0.0, 0.0, 0.0
         for state in self.pool:
             span = max(0.0, (state.died or t_end) - state.created)
             span_total += span
             busy_total += state.busy_s
+            if state.died is None:  # waiting at the end, after its last shard, while others finish theirs
+                tail_total += t_end - (state.last_done or state.created)
             per_replica.append({
                 "replica": state.number, "name": state.name, "lost": not state.alive and state.died is not None,
                 "shards": state.shards, "images": state.images, "busy_s": state.busy_s, "in_run_s": span,
@@ -307,10 +311,14 @@ class RayRunner:
             "overhead": {
                 "replica_time_s": span_total, "busy_s": busy_total,
                 "share": 1.0 - busy_total / span_total if span_total > 0 else None,
+                "tail_share": tail_total / span_total if span_total > 0 else None,
+                "scheduling_transfer_share": max(0.0, 1.0 - (busy_total + tail_total) / span_total)
+                if span_total > 0 else None,
                 "driver_receive_s": get_s, "driver_store_s": store_s,
-                "what": "share of the replicas' time in the run not spent on images: scheduling, sending shards "
-                        "and results, waiting for the last shards; start-up apart (cluster_start_s, "
-                        "replica_start_s)"},
+                "what": "share: of the replicas' time in the run, the part not spent on images; tail_share: "
+                        "the part spent waiting after their last shard while others finished (load imbalance); "
+                        "scheduling_transfer_share: the rest (sending shards and results, scheduling, a lost "
+                        "replica's replacement starting); start-up apart (cluster_start_s, replica_start_s)"},
             "lost_replicas": sum(1 for p in per_replica if p["lost"]),
             "retried_shards": sorted(set(retried)),
         })
@@ -350,12 +358,17 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{r['images']} | {r['busy_s']:.2f} | {rate} |")
     over = report.get("overhead", {})
     share = over.get("share")
+    parts = ("" if over.get("tail_share") is None else
+             f": {over['scheduling_transfer_share']:.1%} scheduling and transfer, {over['tail_share']:.1%} "
+             f"waiting for the last shards")
     rate = report.get("images_per_s")
     lines.append(f"overall: {report.get('images_computed', 0)} images in {report.get('wall_s', 0):.2f} s = "
                  f"{'-' if rate is None else f'{rate:.2f}'} images/s; Ray overhead "
-                 f"{'-' if share is None else f'{share:.1%}'} of replica time (receive "
-                 f"{over.get('driver_receive_s', 0):.2f} s, store {over.get('driver_store_s', 0):.2f} s on the driver); start-up apart: cluster "
-                 f"{report.get('cluster_start_s', 0):.1f} s, replicas {report.get('replica_start_s', 0):.1f} s")
+                 f"{'-' if share is None else f'{share:.1%}'} of replica time{parts} (receive "
+                 f"{over.get('driver_receive_s', 0):.2f} s, store {over.get('driver_store_s', 0):.2f} s on the "
+                 f"driver); "
+                 f"start-up apart: cluster {report.get('cluster_start_s', 0):.1f} s, replicas "
+                 f"{report.get('replica_start_s', 0):.1f} s")
     if report.get("retried_shards"):
         lines.append(f"{report['lost_replicas']} replica(s) lost; work shards {report['retried_shards']} were run "
                      f"again elsewhere (each shard's results are taken once)")
