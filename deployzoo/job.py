@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from deployzoo.bench.e2e_ratio import end_to_end_over_pure, pure_inputs_for
 from deployzoo.bench.pure import bench_sweep
 from deployzoo.bench.report import environment, sweep_table, write_csv, write_json
 from deployzoo.data.loader import ImageItem
@@ -92,9 +93,12 @@ def run_main_job(
                              count=2, stand_in=loaded.is_stand_in)
 
     _say(f"[4/5] pure-inference benchmark, batch sizes {list(batch_sizes)}")
+    # Timed on the evaluation's own first batch (same images, same batch), so the ratio compares like with like.
+    pure_inputs, pure_inputs_said = pure_inputs_for(outcome.run.extra.get("first_full_batch"), spec.make_example_inputs)
+    _say(f"inputs: {pure_inputs_said}")
     bench = bench_sweep(
         lambda b: make_backend("onnxruntime", spec, b, onnx_path=exported.path, threads=threads),
-        batch_sizes, inputs_for=spec.make_example_inputs, warmup=2, min_iters=bench_iters, min_seconds=bench_seconds,
+        batch_sizes, inputs_for=pure_inputs, warmup=2, min_iters=bench_iters, min_seconds=bench_seconds,
     )
     _say(sweep_table(bench))
     write_csv(out / "bench.csv", [{"batch": r.batch_size, **(r.stats.to_dict() if r.ok else {"error": r.error})}
@@ -103,10 +107,7 @@ def run_main_job(
                                                     f"({environment().get('cpu_model')})")
 
     _say("[5/5] report")
-    stage_rows = outcome.run.timer.rows()
-    end_to_end = next((r["images_per_s"] for r in stage_rows if r["stage"] == "end to end"), None)
-    pure_at_eval = _pure_throughput_near(bench, eval_batch)
-    ratio = end_to_end / pure_at_eval[1] if end_to_end and pure_at_eval else None
+    e2e_ratio = end_to_end_over_pure(outcome.run.timer, bench, eval_batch, pure_inputs_said)
     report = {
         "model": spec.name,
         "notes": notes,
@@ -126,9 +127,7 @@ def run_main_job(
                      "per_class": outcome.metrics.to_dict()},
         "stages": outcome.run.timer.to_dict() | {"batch_size": eval_batch},
         "pure_inference": [r.to_dict() for r in bench],
-        "end_to_end_over_pure": {"ratio": ratio, "end_to_end_images_per_s": end_to_end,
-                                 "pure_images_per_s": pure_at_eval[1] if pure_at_eval else None,
-                                 "pure_batch": pure_at_eval[0] if pure_at_eval else None},
+        "end_to_end_over_pure": e2e_ratio,
         "environment": environment(),
         "wall_seconds": time.perf_counter() - t_start,
     }

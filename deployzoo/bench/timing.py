@@ -136,6 +136,8 @@ class StageTimer:
     wall_s: float | None = None
     startup_s: float | None = None  # set by ``started()``: wall time before the first image was ready
     _t0: float | None = field(default=None, repr=False)
+    # (perf_counter, images) at each ``count``: when each batch's results were finished, for ``steady_rate``.
+    finished: list[tuple[float, int]] = field(default_factory=list, repr=False)
 
     def add(self, stage: str, seconds: float) -> None:
         """Add ``seconds`` of wall time to ``stage`` (created on first use)."""
@@ -153,6 +155,22 @@ class StageTimer:
     def count(self, n: int = 1) -> None:
         """Record that ``n`` more images went through all stages."""
         self.items += int(n)
+        self.finished.append((time.perf_counter(), int(n)))
+
+    def steady_rate(self) -> dict[str, Any] | None:
+        """The pipeline's steady throughput: images finished after the first batch over the time from the first
+        batch's results to the last one's (the interval between results, as for any pipeline's throughput), so
+        neither filling the pipeline (the first batch read and preprocessed with nothing to overlap) nor
+        worker start-up is counted. None with fewer than two finished batches."""
+        if len(self.finished) < 2:
+            return None
+        seconds = self.finished[-1][0] - self.finished[0][0]
+        images = sum(n for _, n in self.finished[1:])
+        if seconds <= 0 or images <= 0:
+            return None
+        return {"images_per_s": images / seconds, "images": images, "seconds": seconds,
+                "batches": len(self.finished) - 1,
+                "basis": "images finished after the first batch / seconds from the first batch's results to the last"}
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
@@ -218,6 +236,10 @@ class StageTimer:
         note = f"{self.items} images; end to end is wall clock of the whole run (stages may overlap in workers)"
         if self.startup_s is not None:
             note += f", from the first prepared image on ({self.startup_s:.2f} s of start-up before it not counted)"
+        steady = self.steady_rate()
+        if steady is not None:
+            note += (f"; steady rate {steady['images_per_s']:.2f} images/s ({steady['images']} images finished in "
+                     f"{steady['seconds']:.2f} s after the first batch's results)")
         lines.append(note + ".")
         return "\n".join(lines)
 
@@ -228,4 +250,5 @@ class StageTimer:
             "startup_s": self.startup_s,
             "stages": {s: self.seconds[s] for s in self._ordered_stages()},
             "rows": self.rows(),
+            "steady": self.steady_rate(),
         }
