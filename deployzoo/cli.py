@@ -7,6 +7,7 @@ from pathlib import Path
 
 from deployzoo.backends import BACKENDS
 from deployzoo.errors import DeployzooError
+from deployzoo.figures import headline_text
 from deployzoo.option_types import finite_number, whole_number
 from deployzoo.precision import CHOICES as PRECISION_CHOICES
 
@@ -361,7 +362,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"those images are skipped and the figure below leaves them out")
     equals = protocol_equals(spec.evaluation, outcome.summary['protocol'])
     print(f"\n{spec.evaluation.metric_name} ({outcome.summary['protocol']} protocol{', = ' + equals if equals else ''}): "
-          f"{outcome.headline:.2f}")
+          f"{headline_text(outcome.headline, spec.evaluation.metric_name)}")
     # The published figure on a line of its own: beside a stand-in or synthetic-data figure it reads like a
     # comparison (issue 18 item 2).
     if "stand-in" in str(fingerprint.get("weights", "")):

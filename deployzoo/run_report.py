@@ -198,7 +198,10 @@ def accuracy_section(spec: Any, acc: dict[str, Any], count: int | None, images: 
     """"## Accuracy": the measured figure with what it is worth, the metric and protocol explained, the
     per-class table (and why stand-in rows look odd), then the published figure under its own heading.
     ``acc``: {"metric", "protocol", "value", "published", "published_source"}."""
-    lines = ["## Accuracy", "", f"**Measured in this run: {acc['metric']} = {acc['value']:.2f}** on "
+    from deployzoo.figures import headline_text
+
+    measured = headline_text(acc["value"], acc["metric"])
+    lines = ["## Accuracy", "", f"**Measured in this run: {acc['metric']} = {measured}** on "
              f"{str(count) + ' ' if count is not None else ''}{images}.", ""]
     if stand_in or synthetic:
         why = " and ".join(w for w, on in (("stand-in weights", stand_in), ("synthetic images", synthetic)) if on)

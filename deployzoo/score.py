@@ -217,7 +217,9 @@ def write_scores(out_dir: str | Path, task: Any, scores: Scores, summary: dict[s
     written = []
     if scores.coco_records is not None:
         written += write_coco_results(out_dir, task, scores.coco_records)
-    undefined = f"{task.metric_name} is undefined on these images: there is no ground truth to score against"
+    from deployzoo.figures import undefined_reason
+
+    undefined = undefined_reason(task.metric_name)
     write_json(out_dir / "metrics.json", summary, reasons={"headline.value": undefined})
     return [out_dir / "metrics.json", *written]
 
@@ -492,7 +494,10 @@ def run_score_command(args: Any) -> int:
                                        coco_evaluator=args.coco_evaluator)
     print(scores.metrics.table())
     evaluator = f", {scores.coco_evaluator}" if scores.coco_evaluator else ""
-    print(f"\n{task.metric_name} ({scores.protocol} protocol{evaluator}): {scores.headline:.2f} "
+    from deployzoo.figures import headline_text
+
+    print(f"\n{task.metric_name} ({scores.protocol} protocol{evaluator}): "
+          f"{headline_text(scores.headline, task.metric_name)} "
           f"({summary['images_evaluated']} images of {task.dataset_name}, {summary['predictions_format']} "
           f"from {predictions})")
     written = [out / "metrics.json"] + ([out / COCO_RESULTS.format(t) for t in task.iou_types]

@@ -232,3 +232,41 @@ def test_to_bin_does_not_offer_a_skip_bad_it_does_not_have(tmp_path, capsys):
     assert main(["data", "to-bin", REFINEDET, "--out", str(tmp_path / "b"), str(_png(tmp_path / "c.png", 2000))]) == 2
     err = capsys.readouterr().err
     assert "c.png: truncated PNG" in err and "--skip-bad" not in err
+
+
+# ---------------------------------------------------------------- an undefined headline is never printed as nan
+
+
+def test_headline_text_says_why_a_figure_is_undefined():
+    from deployzoo.figures import headline_text
+
+    assert headline_text(41.234, "COCO box AP") == "41.23"
+    for value in (float("nan"), None, float("inf")):
+        text = headline_text(value, "COCO box AP")
+        assert text.startswith("n/a (COCO box AP is undefined") and "nan" not in text.lower().replace("n/a", "")
+
+
+def test_scoring_a_coco_split_without_ground_truth_prints_no_nan(coco2, tmp_path, capsys):
+    import json
+
+    from deployzoo.cli import main
+
+    edit_coco_json(coco2, lambda data: data.update(annotations=[]))
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text("[]")
+    assert main(["score", "--data", str(coco2), "--predictions", str(predictions), "--out", str(tmp_path / "s")]) == 0
+    headline = [line for line in capsys.readouterr().out.splitlines() if line.startswith("COCO box AP")][0]
+    assert "n/a (COCO box AP is undefined on these images: there is no ground truth" in headline
+    assert " nan" not in headline
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert metrics["headline"]["value"] is None and "no ground truth" in metrics["null_values"]["headline.value"]
+
+
+def test_run_report_accuracy_section_shows_an_undefined_figure_as_n_a():
+    from deployzoo.run_report import accuracy_section
+
+    acc = {"metric": "COCO box AP", "protocol": "standard", "value": float("nan"), "published": 38.2,
+           "published_source": "mmdet"}
+    lines = accuracy_section(None, acc, 2, "images", stand_in=False, synthetic=False, metrics_table="|-|",
+                             protocol_reference=None)
+    assert "COCO box AP = n/a (COCO box AP is undefined" in lines[2] and "nan" not in lines[2]
