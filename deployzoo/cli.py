@@ -300,8 +300,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(skipped) + len(failed)} of {len(args.images)} images skipped as bad input (warnings above)")
     if failed and not args.skip_bad:
         listed = "; ".join(f"{f['path']}: {f['problem']}" for f in failed[:5])
-        raise DeployzooError(f"{len(failed)} image(s) could not be decoded ({listed}); the predictions of the other "
-                             f"{done} are in {path} (--skip-bad accepts leaving them out)")
+        # "failed" holds decode failures and images whose engine outputs were not finite: name the problem of
+        # each, not one cause for all
+        raise DeployzooError(f"{len(failed)} image(s) gave no result ({listed}); the predictions of the other "
+                             f"{done} are in {path} (--skip-bad leaves such images out)")
     return 0
 
 
