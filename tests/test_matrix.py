@@ -68,7 +68,7 @@ def test_matrix_goes_on_past_export_failure_and_out_of_memory(tmp_path, monkeypa
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: out of memory")
         return real_bench(backend, **kw)
 
-    monkeypatch.setattr(matrix_module, "export_model", broken_export)
+    monkeypatch.setattr(matrix_module, "cached_onnx", broken_export)  # the export into the engine cache
     monkeypatch.setattr(matrix_module, "bench_pure", bench_out_of_memory)
     m = Matrix([MODEL], ["onnxruntime", "pytorch"], ["fp32"], [1, 2], tmp_path, MatrixSettings(**QUICK), say=lambda s: None)
     cells = _by_key(m.run())
