@@ -41,7 +41,10 @@ class _RoIAlign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned):
-        eager = roi_align_batched if EAGER == "batched" else roi_align_per_roi
+        # While the TorchScript exporter traces, forward only has to give the output's shape, and the batched
+        # formulation's in-place and out= ops inside the traced function break the exporter's graph passes.
+        batched = EAGER == "batched" and not torch.jit.is_tracing()
+        eager = roi_align_batched if batched else roi_align_per_roi
         return eager(features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned)
 
     @staticmethod
