@@ -88,3 +88,29 @@ def test_roi_align_runs_the_chosen_formulation(monkeypatch):
         monkeypatch.setattr(roi_align_module, "EAGER", choice)
         roi_align(features, boxes, batch, 7, 0.25)
     assert calls == ["roi_align_batched", "roi_align_per_roi"]
+
+
+def test_export_traces_the_loop_even_when_batched_is_chosen(monkeypatch):
+    import io
+    import warnings
+
+    import onnx
+
+    calls = []
+    for name in ("roi_align_batched", "roi_align_per_roi"):
+        original = getattr(roi_align_module, name)
+        monkeypatch.setattr(roi_align_module, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+    monkeypatch.setattr(roi_align_module, "EAGER", "batched")
+
+    class OneLevel(torch.nn.Module):
+        def forward(self, features, boxes, batch):
+            return roi_align(features, boxes, batch, 7, 0.25)
+
+    features, boxes, batch = _random_case(6)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(OneLevel(), (features, boxes, batch), buffer, dynamo=False, opset_version=17)
+    assert calls == ["roi_align_per_roi"]
+    nodes = [n.op_type for n in onnx.load_from_string(buffer.getvalue()).graph.node if n.op_type != "Constant"]
+    assert nodes == ["RoiAlign"]
