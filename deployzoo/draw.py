@@ -74,12 +74,28 @@ def _banner(image: Image.Image, lines: Sequence[str]) -> None:
     font = _font(max(10, _scale(*image.size)[0] - 2))
     draw = ImageDraw.Draw(image, "RGBA")
     y = 0
-    for line in lines:
+    for line in _fit(draw, lines, font, image.width - 8):
         left, top, right, bottom = draw.textbbox((0, 0), line, font=font)
         h = bottom - top + 6
         draw.rectangle([0, y, image.width, y + h], fill=(0, 0, 0, 170))
         draw.text((4 - left, y + 3 - top), line, fill=(255, 255, 255, 255), font=font)
         y += h
+
+
+def _fit(draw: ImageDraw.ImageDraw, lines: Sequence[str], font, width: int) -> list[str]:
+    """``lines`` word-wrapped to ``width`` pixels (a word longer than that stays whole)."""
+    out = []
+    for line in lines:
+        current = ""
+        for word in line.split(" "):
+            candidate = f"{current} {word}" if current else word
+            if current and draw.textlength(candidate, font=font) > width:
+                out.append(current)
+                current = word
+            else:
+                current = candidate
+        out.append(current)
+    return out
 
 
 def chosen(detections: Detections, score_threshold: float = DEFAULT_SCORE_THRESHOLD,

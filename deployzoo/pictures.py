@@ -135,7 +135,7 @@ def eval_pictures(spec: Any, results: Mapping[str, Detections | LabelMap], annot
             scores[i] = float(detection_disagreement(spec, results[i], gts[i], score_threshold)) if gts[i] else 0.0
     first = ids[:count]
     rest = sorted((i for i in ids if i not in first), key=lambda i: -scores[i])[:count]
-    unit = "% of labelled pixels wrong" if segmentation else f"missed + unmatched detections (IoU {MATCH_IOU})"
+    unit = "share of labelled pixels wrong" if segmentation else f"missed + unmatched detections (IoU {MATCH_IOU})"
     written = []
     for why, chosen_ids in (("first", first), ("most disagreement", rest)):
         for k, i in enumerate(chosen_ids):

@@ -181,12 +181,12 @@ def pictures_section(spec: Any, pictures: Sequence[dict[str, Any]], prefix: str,
               "The predicted label map is blended over each photo; the legend gives each class's share of the "
               "pixels."]
     if stand_in:
-        lines += ["", "With stand-in weights the boxes and labels are meaningless: the pictures show that the "
-                      "pipeline draws, not what the model sees."]
+        what = "classes" if spec.task == "semantic-segmentation" else "boxes and labels"
+        lines += ["", f"With stand-in weights the {what} are meaningless: the pictures show that the pipeline "
+                      "draws, not what the model sees."]
     lines.append("")
     for p in pictures:
-        unit = "%" if p["unit"].startswith("%") else ""
-        amount = f"{p['disagreement']:.1f}%" if unit else f"{p['disagreement']:.0f}"
+        amount = f"{p['disagreement']:.1f}%" if "pixels" in p["unit"] else f"{p['disagreement']:.0f}"
         lines += [f"**{p['why']}**: image {p['image_id']}, disagreement with ground truth {amount} "
                   f"({p['unit']})", "",
                   f"![{p['why']}: image {p['image_id']}]({prefix}{p['file']})", ""]
