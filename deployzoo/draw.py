@@ -212,7 +212,8 @@ def _legend(image: Image.Image, rows: Sequence[tuple[str, tuple[int, int, int], 
     for i, text in enumerate(texts):
         y = top + 3 + i * row_h
         if i < len(shown):
-            draw.rectangle([4, y + 2, 4 + swatch, y + 2 + swatch], fill=(*shown[i][1], 255), outline=(255, 255, 255, 255))
+            draw.rectangle([4, y + 2, 4 + swatch, y + 2 + swatch], fill=(*shown[i][1], 255),
+                           outline=(255, 255, 255, 255))
         draw.text((swatch + 10 - boxes[i][0], y + 3 - boxes[i][1]), text, fill=(255, 255, 255, 255), font=font)
 
 

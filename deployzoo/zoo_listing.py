@@ -90,7 +90,7 @@ def listing(wide: bool = False) -> str:
     canvas = [r["architecture"] for r in rows if r["fixed_canvas"] and not r["variant_of"]]
     fixed = [r["architecture"] for r in rows if not r["fixed_canvas"] and not r["variant_of"]]
     lines += [""]
-    notes = [f"input: the network input (HxW) of the default export; published: the trained model's figure."]
+    notes = ["input: the network input (HxW) of the default export; published: the trained model's figure."]
     if canvas:
         notes.append("Fixed-canvas graphs: NAME@HxW (e.g. mmdet-mask-rcnn-r50-fpn-1x@800x1216)"
                      + (f"; not {', '.join(fixed)}" if fixed else "") + ".")

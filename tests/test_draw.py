@@ -50,8 +50,8 @@ def test_a_mask_of_another_size_is_refused():
 
 
 def test_chosen_says_when_nothing_reaches_the_threshold():
-    dets = Detections(np.tile(np.array([[0, 0, 5, 5]], np.float32), (8, 1)), np.linspace(0.01, 0.08, 8, dtype=np.float32),
-                      np.zeros(8, np.int64))
+    dets = Detections(np.tile(np.array([[0, 0, 5, 5]], np.float32), (8, 1)),
+                      np.linspace(0.01, 0.08, 8, dtype=np.float32), np.zeros(8, np.int64))
     shown, note = draw.chosen(dets, 0.3)
     assert len(shown) == draw.FALLBACK_SHOWN and "no detection scores >= 0.3" in note and "best score 0.080" in note
     shown, note = draw.chosen(dets, 0.05)
@@ -84,8 +84,8 @@ def test_eval_disagreement_counts_missed_and_unmatched(refinedet_spec):
     dets = Detections(np.array([[0, 0, 10, 10], [100, 100, 110, 110]], np.float32), np.array([0.9, 0.9], np.float32),
                       np.array([0, 0], np.int64))  # label 0 = category 1: the first matches, the second matches none
     assert detection_disagreement(refinedet_spec, dets, gt) == 2
-    assert label_disagreement(LabelMap(np.array([[1, 2], [3, 4]], np.uint8)), np.array([[1, 2], [0, 255]], np.uint8)) == \
-        pytest.approx(100 / 3)
+    predicted, truth = np.array([[1, 2], [3, 4]], np.uint8), np.array([[1, 2], [0, 255]], np.uint8)
+    assert label_disagreement(LabelMap(predicted), truth) == pytest.approx(100 / 3)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,8 @@ def test_eval_draws_the_first_and_the_most_disagreeing(tmp_path, synthetic_voc, 
     assert "wrote 2 pictures" in printed
     measured = next(line for line in printed.splitlines() if line.startswith("VOC07 11-point mAP ("))
     assert "79.81" not in measured  # the published figure has a line of its own, after the stand-in remark
-    assert "says nothing about the trained model" in printed and "published figure of the trained model: 79.81" in printed
+    assert "says nothing about the trained model" in printed
+    assert "published figure of the trained model: 79.81" in printed
     pictures = sorted((out / "pictures").iterdir())
     assert [p.name.split("-")[0] for p in pictures] == ["disagree", "first"]
     assert len({p.name.split("-", 2)[2] for p in pictures}) == 2  # two different images
