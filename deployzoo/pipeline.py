@@ -10,6 +10,7 @@ import numpy as np
 
 from deployzoo.backends.base import Backend
 from deployzoo.cache import cached_onnx, kind_dir
+from deployzoo.data.identity import images_digest
 from deployzoo.data.loader import ImageItem, items_from_paths
 from deployzoo.engine import LoadedModel, load_model, make_backend
 from deployzoo.tasks.protocol_choice import choose_protocol
@@ -197,7 +198,11 @@ def evaluate_dataset(
     items = [ImageItem(i, str(dataset.image_path(i)), str(dataset.split_file)) for i in annotations]
     if spec.batch_key is not None and batch_size > 1:
         items = sorted(items, key=lambda item: checked.sizes[item.image_id])  # batches of one size stay full
-    store = ResultStore(out_dir, {**fingerprint, "images": len(items), "batch_size": batch_size}, resume=resume)
+    # the image files themselves (id, name, size), not only their count: --resume must not mix in results
+    # computed on other files that happen to share the ids
+    image_files = images_digest((item.image_id, item.path) for item in items)
+    store = ResultStore(out_dir, {**fingerprint, "images": len(items), "image_files": image_files,
+                                  "batch_size": batch_size}, resume=resume)
     run_images = runner or run_dataset
     run = run_images(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name,

@@ -270,3 +270,32 @@ def test_run_report_accuracy_section_shows_an_undefined_figure_as_n_a():
     lines = accuracy_section(None, acc, 2, "images", stand_in=False, synthetic=False, metrics_table="|-|",
                              protocol_reference=None)
     assert "COCO box AP = n/a (COCO box AP is undefined" in lines[2] and "nan" not in lines[2]
+
+
+# ---------------------------------------------------------------- --resume on other image files
+
+
+def test_resume_refuses_results_computed_on_other_image_files(tmp_path, capsys):
+    import shutil
+
+    import cv2
+    from test_nonfinite import _write_dumps
+
+    from deployzoo.cli import main
+    from deployzoo.registry import get_spec
+
+    task = get_spec(REFINEDET).evaluation
+    first = task.make_synthetic(tmp_path / "a", num_images=2, seed=3)
+    other = Path(shutil.copytree(first, tmp_path / "b" / first.name))  # same ids and annotations
+    ids = list(task.open(first).ids)
+    picture = task.open(other).image_path(ids[0])
+    cv2.imwrite(str(picture), cv2.imread(str(picture))[::-1], [cv2.IMWRITE_JPEG_QUALITY, 70])  # another picture
+    dumps = _write_dumps(tmp_path / "dumps", ids, None, "")
+    out = tmp_path / "out"
+    command = ["eval", REFINEDET, "--dumps", str(dumps), "--workers", "0", "--pictures", "0", "--out", str(out)]
+    assert main([*command, "--data", str(first)]) == 0
+    capsys.readouterr()
+    assert main([*command, "--data", str(other), "--resume"]) == 2
+    assert "cannot resume, the earlier run used different settings (image_files)" in capsys.readouterr().err
+    assert main([*command, "--data", str(first), "--resume"]) == 0  # the same files resume as before
+    assert "resumed: 2 images taken from the interrupted run" in capsys.readouterr().out
