@@ -423,6 +423,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         spec = _spec(args, spec.name, onnx=onnx_path)
         if args.backend not in ONNX_BACKENDS:
             raise DeployzooError(f"{onnx_path} is an ONNX file: choose --backend {' or '.join(ONNX_BACKENDS)}")
+        from deployzoo.onnx_batch import check_batch_sizes
+
+        check_batch_sizes(onnx_path, args.batch)  # a file fixed to batch 1 cannot time batch 4: say so first
         onnx_files = {b: Path(onnx_path) for b in args.batch}
     else:
         spec = _spec(args, target)

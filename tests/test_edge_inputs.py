@@ -255,7 +255,7 @@ def test_scoring_a_coco_split_without_ground_truth_prints_no_nan(coco2, tmp_path
     predictions = tmp_path / "predictions.json"
     predictions.write_text("[]")
     assert main(["score", "--data", str(coco2), "--predictions", str(predictions), "--out", str(tmp_path / "s")]) == 0
-    headline = [line for line in capsys.readouterr().out.splitlines() if line.startswith("COCO box AP")][0]
+    headline = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("COCO box AP"))
     assert "n/a (COCO box AP is undefined on these images: there is no ground truth" in headline
     assert " nan" not in headline
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
@@ -299,3 +299,26 @@ def test_resume_refuses_results_computed_on_other_image_files(tmp_path, capsys):
     assert "cannot resume, the earlier run used different settings (image_files)" in capsys.readouterr().err
     assert main([*command, "--data", str(first), "--resume"]) == 0  # the same files resume as before
     assert "resumed: 2 images taken from the interrupted run" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- bench: batch sizes a fixed-batch file cannot take
+
+
+def test_bench_refuses_batch_sizes_a_fixed_batch_onnx_cannot_take_before_timing(tmp_path, monkeypatch, capsys):
+    from test_model_files import REFINEDET_OUTPUTS, tiny_onnx
+
+    import deployzoo.bench.pure
+    from deployzoo.cli import main
+    from deployzoo.onnx_batch import fixed_batch
+
+    def boom(*args, **kwargs):
+        raise AssertionError("timing started before the batch sizes were checked")
+
+    monkeypatch.setattr(deployzoo.bench.pure, "bench_sweep", boom)
+    model = tiny_onnx(tmp_path / "b1.onnx", REFINEDET_OUTPUTS, {"image": (3, 320, 320)},
+                      {"deployzoo.model": REFINEDET, "deployzoo.weights": "RefineDet320_VOC_final.pth"})
+    assert fixed_batch(model) == 1
+    assert main(["bench", str(model), "--batch", "1,4,8", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "b1.onnx: its input is fixed to batch 1, but --batch asks for 4, 8" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
