@@ -624,6 +624,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         from deployzoo.engine import load_model
 
         load_model(get_spec(models[0]), args.checkpoint)
+    if args.data is not None and any(p != "fp32" for p in precisions):  # the guard's dataset: checked once, now
+        for task in {id(get_spec(m).evaluation): get_spec(m).evaluation for m in models}.values():
+            task.validate(args.data, limit=args.guard_images)
     if args.ray is not None:  # cells as Ray tasks, one per node at a time on all its CPUs
         from deployzoo.distributed.ray_matrix import run_matrix_on_ray
 

@@ -322,3 +322,23 @@ def test_bench_refuses_batch_sizes_a_fixed_batch_onnx_cannot_take_before_timing(
     err = capsys.readouterr().err
     assert "b1.onnx: its input is fixed to batch 1, but --batch asks for 4, 8" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- matrix: the guard's dataset checked before any cell
+
+
+def test_matrix_checks_the_guard_dataset_before_any_cell(tmp_path, capsys):
+    import re
+
+    from deployzoo.cli import main
+    from deployzoo.registry import get_spec
+
+    root = get_spec(REFINEDET).evaluation.make_synthetic(tmp_path / "voc", num_images=2, seed=4)
+    xml = next((root / "VOC2007" / "Annotations").glob("*.xml"))
+    xml.write_text(re.sub(r"<xmax>\d+</xmax>", "<xmax>0</xmax>", xml.read_text(), count=1))
+    out = tmp_path / "m"
+    assert main(["matrix", "--models", REFINEDET, "--backends", "onnxruntime", "--precisions", "fp32,fp16",
+                 "--batch", "1", "--data", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{xml.name}: object[0]" in err and "negative width or height" in err
+    assert not (out / "cells").exists()
