@@ -269,7 +269,7 @@ def test_coco_boxes_far_outside_the_image_name_the_annotation(copy_of, change, w
 
     _edit_coco(root, edit)
     with pytest.raises(BadInputError, match=rf"instances_val2017\.json: annotations\[0\] \(id \d+\).*{words}"):
-        get_spec(MODELS["coco"]).evaluation.open(root)
+        get_spec(MODELS["coco"]).evaluation.validate(root)
 
 
 def test_coco_box_a_fraction_past_the_border_is_fine(copy_of):

@@ -342,3 +342,19 @@ def test_matrix_checks_the_guard_dataset_before_any_cell(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{xml.name}: object[0]" in err and "negative width or height" in err
     assert not (out / "cells").exists()
+
+
+# ---------------------------------------------------------------- COCO impossible boxes: one rule with VOC
+
+
+@pytest.mark.parametrize("bbox, words", [([5.0, 5.0, -3.0, 4.0], "negative width or height"),
+                                         ([900.0, 5.0, 10.0, 10.0], "lies outside")])
+def test_coco_impossible_box_is_refused_or_skipped_per_image_as_voc_does(coco2, bbox, words):
+    edit_coco_json(coco2, lambda data: data["annotations"][0].update(bbox=bbox))
+    task = COCODetectionTask()
+    with pytest.raises(BadInputError, match=rf"annotations\[0\] \(id \d+\).*{words}"):
+        task.validate(coco2)
+    checked = task.validate(coco2, skip_bad=True)
+    assert len(checked.skipped) == 1 and words in checked.skipped[0]["problem"] and len(checked.ids) == 1
+    with pytest.raises(BadInputError, match=words):  # the reader alone still refuses the file
+        COCODetection(coco2)

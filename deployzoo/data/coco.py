@@ -88,13 +88,17 @@ def _check_segmentation(path: Path, seg: Any, where: str) -> None:
                               f"got {type(seg).__name__}")
 
 
-def validate_coco_dict(path: Path, data: Any) -> None:
+def validate_coco_dict(path: Path, data: Any, box_problems: dict[int, str] | None = None) -> None:
     """Check the parts of a COCO instances file that evaluation relies on.
 
     Images: unique int ``id``, unique str ``file_name``, positive int ``height``/``width``. Categories:
     unique int ``id``, str ``name``. Annotations: ``image_id`` and ``category_id`` that exist,
     ``bbox`` of 4 finite numbers with w, h >= 0, inside its image (``checks.box_problem``), numeric ``area``,
     ``iscrowd`` 0/1, and, when present, a well-formed ``segmentation``. (``iscrowd`` and ``area`` are required because COCOeval reads them.)
+
+    ``box_problems``: when given, an impossible box (negative size, far outside its image) is recorded there
+    (image id -> the message of its first such box) instead of raised, so that a per-image ``--skip-bad``
+    can leave that image out, as the VOC reader does with its objects.
 
     Raises:
         BadInputError: naming ``path``, the entry (by index and id) and the problem.
@@ -159,12 +163,14 @@ def validate_coco_dict(path: Path, data: Any) -> None:
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             raise BadInputError(path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise BadInputError(path, f"{where}: bbox has negative width or height: {bbox!r}")
         x, y, w, h = bbox
         problem = box_problem((x, y, x + w, y + h), *sizes[ann["image_id"]])
-        if problem:
-            raise BadInputError(path, f"{where}: bbox {bbox!r} of image {ann['image_id']}: {problem}")
+        message = (f"{where}: bbox has negative width or height: {bbox!r}" if w < 0 or h < 0 else
+                   f"{where}: bbox {bbox!r} of image {ann['image_id']}: {problem}" if problem else None)
+        if message and box_problems is None:
+            raise BadInputError(path, message)
+        if message:
+            box_problems.setdefault(ann["image_id"], message)
         if not _is_number(ann.get("area")):
             raise BadInputError(path, f"{where}: 'area' must be a number, got {ann.get('area')!r}")
         if not (_is_int(ann.get("iscrowd")) and ann["iscrowd"] in (0, 1)):
@@ -219,7 +225,7 @@ class COCODetection:
     """
 
     def __init__(self, root: str | Path, split: str = "val2017", annotation_file: str | Path | None = None,
-                 check_categories: bool = False):
+                 check_categories: bool = False, defer_box_problems: bool = False):
         self.root = Path(root)
         self.split = split
         self.image_dir = self.root / split
@@ -238,7 +244,11 @@ class COCODetection:
             raise BadInputError(self.split_file, f"not valid JSON ({exc})") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInputError(self.split_file, f"cannot read annotation file ({exc})") from exc
-        validate_coco_dict(self.split_file, data)
+        # image id -> its first impossible ground-truth box, kept for the task to raise or skip per image
+        self.box_problems: dict[str, str] = {}
+        found: dict[int, str] | None = {} if defer_box_problems else None
+        validate_coco_dict(self.split_file, data, found)
+        self.box_problems = {str(k): v for k, v in (found or {}).items()}
         if not data["images"]:
             raise BadInputError(self.split_file, "'images' is empty: the split has no images to evaluate")
         if check_categories:

@@ -60,7 +60,7 @@ class COCODetectionTask:
     def open(self, root: str | Path) -> COCODetection:
         """Open ``root`` (with ``annotations/instances_<split>.json``); its categories must hold ours."""
         official = self.category_ids == COCO_CATEGORY_IDS and self.class_names == COCO_CLASSES
-        dataset = COCODetection(root, split=self.split, check_categories=official)
+        dataset = COCODetection(root, split=self.split, check_categories=official, defer_box_problems=True)
         missing = [c for c in self.category_ids if c not in dataset.coco.cats]
         if missing:
             raise BadInputError(dataset.split_file, f"the model's category ids {missing} are not in 'categories'")
@@ -97,13 +97,20 @@ class COCODetectionTask:
     ) -> tuple[dict[str, COCOImageGT], list[tuple[str, str]]]:
         """One handle per image, keyed by str(image id), in ``dataset.ids`` order (numeric id order).
 
-        The annotation file was fully validated when opened; the one per-image problem left is an
-        annotation without ``segmentation`` when mask AP is asked for (skipped with ``skip_bad``).
+        The annotation file was fully validated when opened; the per-image problems left are an impossible
+        box (negative size, far outside the image: ``dataset.box_problems``) and an annotation without
+        ``segmentation`` when mask AP is asked for (both skipped with ``skip_bad``, else raised).
         Returns (handles, [(image id, problem)] skipped).
         """
         annotations: dict[str, COCOImageGT] = {}
         skipped: list[tuple[str, str]] = []
         for image_id in dataset.ids:
+            box = getattr(dataset, "box_problems", {}).get(image_id)  # an impossible box: this image only
+            if box:
+                if not skip_bad:
+                    raise BadInputError(dataset.split_file, box)
+                skipped.append((image_id, f"{dataset.split_file}: {box}"))
+                continue
             anns = dataset.annotations(image_id)
             if "segm" in self.iou_types:
                 bare = [a["id"] for a in anns if "segmentation" not in a]
