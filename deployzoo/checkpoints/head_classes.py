@@ -58,7 +58,8 @@ class ClassCount:
         return f"{self.num_classes} classes, inferred from {self.tensor} [{dims}]"
 
 
-def infer_num_classes(tensors: Mapping[str, object], heads: tuple[HeadTensor, ...], source: str = "") -> ClassCount | None:
+def infer_num_classes(tensors: Mapping[str, object], heads: tuple[HeadTensor, ...],
+                      source: str = "") -> ClassCount | None:
     """The one class count every head tensor of ``tensors`` (name -> tensor with ``.shape``) agrees on.
 
     Returns None when no head tensor is present (the strict mapping then reports the missing keys).

@@ -102,7 +102,8 @@ class CustomVOCSegTask(VOCSegmentationTask):
 def task_for_classes(task, class_names: Sequence[str], category_ids: Sequence[int]):
     """``task`` (an official adapter) for our class list; COCO tasks also take our category ids."""
     if isinstance(task, COCODetectionTask):
-        layout = {"annotation_file": getattr(task, "annotation_file", None), "image_dir": getattr(task, "image_dir", None)}
+        layout = {"annotation_file": getattr(task, "annotation_file", None),
+                  "image_dir": getattr(task, "image_dir", None)}
         return CustomCOCOTask(task.split, class_names, category_ids, task.iou_types, **layout)
     if isinstance(task, VOCDetectionTask):
         return CustomVOCTask(task.year, task.split, class_names, protocol=task.protocols[0])  # the model's protocol
