@@ -262,6 +262,8 @@ def onnx_fields(loaded, batch_size: int | None, opset: int) -> dict[str, Any]:
         "batch": "dynamic" if batch_size is None else batch_size,
         "inputs": {n: [d for d in dims] for n, dims in spec.graph_input_dims().items()},
         "input_hw": list(spec.input_hw),
+        # The names are written into the graph's metadata: other names (--classes) are another file.
+        "class_names": list(spec.class_names),
         "precision": "fp32",
         "opset": opset,
         "torch": torch.__version__,

@@ -113,3 +113,18 @@ def test_an_engine_from_a_stand_in_onnx_says_so(tmp_path, refinedet_spec):
     trained = tiny_onnx(tmp_path / "t.onnx", REFINEDET_OUTPUTS, {"image": (3, 320, 320)},
                         {"deployzoo.model": REFINEDET, "deployzoo.weights": "RefineDet320_VOC_final.pth"})
     assert onnx_weights_note(trained) == f"from {trained} (exported from RefineDet320_VOC_final.pth)"
+
+
+def test_other_class_names_are_another_cache_entry():
+    """The names are written into the graph's metadata, so a graph exported with other names is not reused."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from deployzoo.registry import get_spec
+
+    spec = get_spec(REFINEDET)
+    renamed = dataclasses.replace(spec, class_names=tuple(f"part_{i}" for i in range(len(spec.class_names))))
+    fields = [cache.onnx_fields(SimpleNamespace(spec=s, weights="w", is_stand_in=True, _weights_digest="d"), 1, 17)
+              for s in (spec, renamed)]
+    assert fields[0]["class_names"] != fields[1]["class_names"]
+    assert cache._key(fields[0]) != cache._key(fields[1])

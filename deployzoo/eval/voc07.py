@@ -537,7 +537,12 @@ def evaluate_voc(
                             in_mean=in_mean))
 
     aps = [r.ap for r in rows if r.in_mean]
-    if rules.mmdet:
+    if not any(r.num_gt for r in rows):
+        # No non-difficult object in the whole split: the references still print a number (0 or the mean of
+        # per-class zeros), but it scores nothing, so the figure is undefined (null with the reason in JSON).
+        # The per-class rows above keep each reference's values.
+        mean_ap = float("nan")
+    elif rules.mmdet:
         mean_ap = float(np.array(aps, dtype=np.float32).mean()) if aps else 0.0
     else:
         mean_ap = float(np.mean(aps)) if aps else float("nan")
