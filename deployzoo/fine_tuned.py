@@ -153,7 +153,11 @@ def resolve_classes(spec, checkpoint: str | Path | None = None, classes: str | S
         from deployzoo.export.onnx_export import read_metadata
 
         try:
-            stored = json.loads(read_metadata(onnx).get("deployzoo.class_names", "null"))
+            metadata = read_metadata(onnx)
+            # A file exported for another model is refused by the ONNX check (naming both); its names say
+            # nothing about this model, so no note about them comes before that error.
+            foreign = metadata.get("deployzoo.model", spec.name) != spec.name
+            stored = None if foreign else json.loads(metadata.get("deployzoo.class_names", "null"))
         except (OSError, ValueError, Exception):  # noqa: BLE001 - the ONNX check names a bad file itself
             stored = None
         if isinstance(stored, list) and stored and all(isinstance(n, str) for n in stored):

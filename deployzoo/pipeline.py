@@ -293,6 +293,7 @@ def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str] | Ma
     index = find_dumps(dumps_dir, list(stem_of.values()), len(shapes))
 
     dtypes = [np.dtype(spec.output_dtypes.get(n, "float32")) for n in spec.output_names]
+    _check_dump_sizes(index, [s for s in stem_of.values()], shapes, dtypes)
 
     def infer(feeds: dict[str, np.ndarray], ids: Sequence[str]) -> dict[str, np.ndarray]:
         batch = feeds[spec.input_name].shape[0]
@@ -307,6 +308,27 @@ def dump_infer(spec: ModelSpec, dumps_dir: str | Path, stems: Sequence[str] | Ma
 
     infer.source = f"dump ({dumps_dir})"  # named in messages about the outputs
     return infer
+
+
+def _check_dump_sizes(index: Any, stems: Sequence[str], shapes: Sequence[tuple[int, ...]],
+                      dtypes: Sequence[np.dtype]) -> None:
+    """Every dump's byte count against its output's shape, before any is read (a stat per file): a dump of
+    another model, shape or dtype stops the run here, naming the files, not after the images before it.
+    Raises BadInputError naming the dump directory and up to five files with their sizes."""
+    from deployzoo.errors import BadInputError
+
+    wrong = []
+    for stem in stems:
+        for k, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+            path = index.path(stem, k)
+            expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            actual = path.stat().st_size
+            if actual != expected:
+                wrong.append(f"{path.name} has {actual} bytes, expected {expected} ({tuple(shape)} x {dtype.name})")
+    if wrong:
+        more = f"; and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+        raise BadInputError(index.directory, f"{len(wrong)} output dump(s) of the wrong size: "
+                            + "; ".join(wrong[:5]) + more)
 
 
 def write_bins(spec: ModelSpec, image_paths: Sequence[str | Path], out_dir: str | Path, workers: int = 0,

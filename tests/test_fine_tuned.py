@@ -162,3 +162,21 @@ def test_an_onnx_file_brings_its_class_names(tmp_path):
     generic = fake(tmp_path / "generic.onnx", ["class_0", "class_1"])
     assert spec_for(get_spec(REFINEDET), None, "car,bus", onnx=generic, quiet=True).class_names == ("car", "bus")
     assert spec_for(get_spec(REFINEDET), onnx=generic, quiet=True).class_names == ("class_0", "class_1")
+
+
+def test_an_onnx_file_of_another_model_brings_no_class_names(tmp_path, capsys):
+    """Its names say nothing about this model: no note about them (the ONNX check then refuses the file)."""
+    import json
+
+    import onnx
+
+    from deployzoo.fine_tuned import spec_for
+    from deployzoo.registry import get_spec
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    for key, value in (("deployzoo.model", PSPNET), ("deployzoo.class_names", json.dumps(["a"] * 21))):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(tmp_path / "psp.onnx"))
+    spec = spec_for(get_spec(REFINEDET), onnx=tmp_path / "psp.onnx")
+    assert spec.class_names == get_spec(REFINEDET).class_names and "classes" not in capsys.readouterr().out

@@ -274,3 +274,17 @@ def test_compare_fails_naming_non_finite_outputs(tmp_path, voc3):
     assert f"engine, image {ids[1]}" in agreement.table()
     assert all(d.ok for d in agreement.outputs)  # the other images agree exactly, and no NaN reaches the figures
     json.dumps(agreement.to_dict(), allow_nan=False)
+
+
+def test_dumps_of_the_wrong_size_stop_before_any_image_is_read(tmp_path, voc3, capsys):
+    """A dump of another model or shape is found by its byte count before the first image, naming the files."""
+    ids = _ids(voc3)
+    dumps = _write_dumps(tmp_path / "dumps", ids, None, "nan")
+    last = dumps / f"{ids[-1]}_1.bin"
+    last.write_bytes(last.read_bytes()[:-4])
+    out = tmp_path / "out"
+    assert main(["eval", REFINEDET, "--data", str(voc3), "--dumps", str(dumps), "--workers", "0", "--batch", "1",
+                 "--skip-bad", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{ids[-1]}_1.bin has" in err and "wrong size" in err and str(dumps) in err and "Traceback" not in err
+    assert not (out / "partial").exists() or not list((out / "partial").glob("shard-*.npz"))  # nothing run
