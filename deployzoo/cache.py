@@ -264,6 +264,8 @@ def onnx_fields(loaded, batch_size: int | None, opset: int) -> dict[str, Any]:
         "input_hw": list(spec.input_hw),
         # The names are written into the graph's metadata: other names (--classes) are another file.
         "class_names": list(spec.class_names),
+        # Test-time settings change the graph (thresholds, detections kept) or its metadata: another file.
+        **({"test_settings": dict(spec.test_settings)} if spec.test_settings else {}),
         "precision": "fp32",
         "opset": opset,
         "torch": torch.__version__,

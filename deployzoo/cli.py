@@ -616,7 +616,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     settings = MatrixSettings(warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds,
                               threads=args.threads, overhead=args.overhead, guard_images=args.guard_images,
                               guard_tolerance=args.guard_tolerance, data=args.data, checkpoint=args.checkpoint,
-                              classes=args.classes, device=args.device, cell_timeout=args.cell_timeout)
+                              classes=args.classes, device=args.device, cell_timeout=args.cell_timeout,
+                              test_settings=_test_settings(args))
+    if settings.test_settings:
+        from deployzoo.test_settings import check_settings
+
+        for m in models:  # a setting a model lacks is refused before any cell
+            check_settings(get_spec(m), **settings.test_settings)
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise DeployzooError(f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout:g}")
     matrix = Matrix(models, backends, precisions, args.batch, args.out, settings, resume=not args.fresh)
@@ -713,9 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out unusable images with a warning (counted) instead of stopping before the run")
     p.set_defaults(positional_list="images")  # images may come before, between or after options
     p.add_argument("--score-thr", type=finite_number("--score-thr"), default=0.0,
-                   help="keep detections scoring at least this in predictions.json (default 0: all)")
+                   help="keep detections scoring at least this in predictions.json (default 0: all); a filter on "
+                        "the model's output (its own threshold: --test-score-thr)")
     p.add_argument("--max-dets", type=whole_number(1, "detections"), default=None,
-                   help="default: everything the original model returns")
+                   help="default: everything the model returns (a filter on its output; what the model itself "
+                        "keeps: --test-max-dets)")
     _add_ray_args(p)
     p.add_argument("--draw", action=argparse.BooleanOptionalAction, default=True,
                    help="write DIR/pictures/<name>.png per input: boxes, class names, scores, masks, or the label "
@@ -877,6 +885,7 @@ def _add_fine_tune_args(commands: dict, data_commands: dict) -> None:
             continue
         p.add_argument("--classes", help="class names, comma-separated or a file with one per line (a fine-tuned "
                                          "model; default: the checkpoint's own, the dataset's, else class_0..)")
+        _add_test_setting_args(p, name)
         if name in ("export", "predict", "synthetic"):
             continue
         p.add_argument("--annotations", help="COCO-format annotation file when the layout is not "
@@ -886,9 +895,33 @@ def _add_fine_tune_args(commands: dict, data_commands: dict) -> None:
                        help="folder of the --annotations file's images (default <data>/val2017)")
 
 
+def _add_test_setting_args(p: argparse.ArgumentParser, command: str) -> None:
+    """Test-time settings a fine-tuned model may change (deployzoo.test_settings): they build the model (and the
+    exported graph) with them; an exported file keeps its own (metadata)."""
+    g = p.add_argument_group("test-time settings (default: the official ones; recorded in reports and the ONNX)")
+    g.add_argument("--input-size", metavar="N", help="test scale: RefineDet's square side (320; multiples of 64, "
+                                                     "e.g. 512), the R-CNN/FSAF short side (800), PSPNet's (512)")
+    g.add_argument("--max-size", metavar="N", help="long-side limit of the keep-ratio resize (R-CNN/FSAF 1333, "
+                                                   "PSPNet 2048)")
+    g.add_argument("--test-score-thr", metavar="X", help="the model's own score threshold in [0, 1) (R-CNN/FSAF "
+                                                         "0.05 in the graph, RefineDet 0.01)")
+    g.add_argument("--test-max-dets", metavar="K", help="detections per image the model keeps (R-CNN/FSAF 100 in "
+                                                        "the graph; RefineDet: all)"
+                   + ("; predict's --score-thr/--max-dets then filter its output further" if command == "predict"
+                      else ""))
+
+
+def _test_settings(args: argparse.Namespace) -> dict:
+    """The test-time settings given on the command line (unchecked: fine_tuned.spec_for checks them)."""
+    given = {"input_size": getattr(args, "input_size", None), "max_size": getattr(args, "max_size", None),
+             "score_threshold": getattr(args, "test_score_thr", None),
+             "max_dets": getattr(args, "test_max_dets", None)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _fine_tune_kwargs(args: argparse.Namespace) -> dict:
     return {"classes": getattr(args, "classes", None), "annotations": getattr(args, "annotations", None),
-            "image_dir": getattr(args, "image_dir", None)}
+            "image_dir": getattr(args, "image_dir", None), "test_settings": _test_settings(args)}
 
 
 def _spec(args: argparse.Namespace, name: str | None = None, onnx: str | None = None):
@@ -899,7 +932,8 @@ def _spec(args: argparse.Namespace, name: str | None = None, onnx: str | None = 
 
     return spec_for(get_spec(name or args.model), getattr(args, "checkpoint", None), getattr(args, "classes", None),
                     onnx=onnx or getattr(args, "onnx", None), data=getattr(args, "data", None),
-                    annotations=getattr(args, "annotations", None), images=getattr(args, "image_dir", None))
+                    annotations=getattr(args, "annotations", None), images=getattr(args, "image_dir", None),
+                    settings=_test_settings(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,9 @@ def load_model(spec: ModelSpec, checkpoint: str | Path | None = None, seed: int 
     if raw is not None:
         setup = setup_for_loaded(spec, raw)  # None: the spec's own class count
         if setup is not None:
-            spec = with_classes(spec, setup)
+            from deployzoo.test_settings import with_settings
+
+            spec = with_settings(with_classes(spec, setup), spec.test_settings)  # the variant keeps the settings
     torch.manual_seed(seed)
     model = spec.build_model()
     if checkpoint is None:

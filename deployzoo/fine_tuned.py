@@ -224,11 +224,19 @@ def with_classes(spec, setup: ClassSetup, categories: list[dict] | None = None, 
 
 def spec_for(spec, checkpoint: str | Path | None = None, classes: str | Sequence[str] | None = None,
              onnx: str | Path | None = None, data: str | Path | None = None, annotations: str | Path | None = None,
-             images: str | Path | None = None, quiet: bool = False):
+             images: str | Path | None = None, quiet: bool = False, settings: dict | None = None):
     """The spec to run ``spec`` with these inputs: the checkpoint's class count and names, the dataset's own
     category ids, and the custom COCO layout (``annotations`` file, ``images`` folder). The official spec,
-    unchanged, when nothing differs."""
+    unchanged, when nothing differs. ``settings``: test-time settings (deployzoo.test_settings.check_settings
+    keywords: input_size, max_size, score_threshold, max_dets); an ``onnx`` file brings its own (refused when
+    ``settings`` asks for others)."""
     from deployzoo.tasks import custom
+    from deployzoo.test_settings import check_settings, with_settings
+
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    changed = check_settings(spec, **given) if given else {}
+    if onnx is not None:
+        changed = _onnx_settings(spec, onnx, given, changed)
 
     categories = _dataset_categories(spec, data, annotations)
     setup = resolve_classes(spec, checkpoint, classes, onnx, categories)
@@ -240,7 +248,28 @@ def spec_for(spec, checkpoint: str | Path | None = None, classes: str | Sequence
         spec = with_classes(spec, setup, categories if setup.names != tuple(spec.class_names) else None, where)
     if annotations is not None or images is not None:
         spec = dataclasses.replace(spec, evaluation=custom.with_layout(spec.evaluation, annotations, images))
+    if changed:
+        spec = with_settings(spec, changed)
+        if not quiet:
+            from deployzoo.test_settings import describe
+
+            print(f"note: {describe(spec)}")
     return spec
+
+
+def _onnx_settings(spec, onnx, given: dict, changed: dict) -> dict:
+    """The test settings an exported file was made with; options asking for others are refused."""
+    from deployzoo.export.onnx_export import read_metadata
+    from deployzoo.test_settings import check_settings, from_metadata, reconcile
+
+    try:
+        metadata = read_metadata(onnx)
+    except Exception:  # noqa: BLE001 - the ONNX check names a bad file itself
+        return changed
+    if metadata.get("deployzoo.model", spec.name) != spec.name:
+        return changed  # another model's file: refused by the ONNX check, naming both
+    stored = from_metadata(spec, metadata, str(onnx))
+    return reconcile(spec, check_settings(spec, **given, keep_official=True) if given else {}, stored, str(onnx))
 
 
 def setup_for_loaded(spec, raw) -> ClassSetup | None:

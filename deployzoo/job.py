@@ -16,6 +16,7 @@ from deployzoo.pictures import eval_pictures
 from deployzoo.registry import get_spec
 from deployzoo.run_report import plot_benchmark, protocol_reference, run_markdown
 from deployzoo.tasks.protocol_choice import choose_protocol
+from deployzoo.test_settings import report_fields
 from deployzoo.verify import compare_engines
 
 
@@ -40,16 +41,19 @@ def run_main_job(
     classes: str | Sequence[str] | None = None,
     annotations: str | Path | None = None,
     image_dir: str | Path | None = None,
+    test_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every stage on one model and write ``report.md`` and ``report.json`` to ``out_dir``.
 
     ``classes``, ``annotations``, ``image_dir``: a fine-tuned checkpoint's class names and a COCO-format set
-    outside val2017's layout (deployzoo.fine_tuned.spec_for); the synthetic set then has the model's classes."""
+    outside val2017's layout (deployzoo.fine_tuned.spec_for); the synthetic set then has the model's classes.
+    ``test_settings``: input_size, max_size, score_threshold, max_dets (deployzoo.test_settings)."""
     from deployzoo.fine_tuned import spec_for
 
     t_start = time.perf_counter()
     protocol = choose_protocol(get_spec(model_name).evaluation, protocol)  # refused before any file is read
-    spec = spec_for(get_spec(model_name), checkpoint, classes, data=data, annotations=annotations, images=image_dir)
+    spec = spec_for(get_spec(model_name), checkpoint, classes, data=data, annotations=annotations, images=image_dir,
+                    settings=test_settings)
     # A given dataset is checked whole before anything is written, loaded or exported: a bad file fails in seconds.
     checked = spec.evaluation.validate(data) if data is not None else None
     out = Path(out_dir)
@@ -113,6 +117,7 @@ def run_main_job(
         "notes": notes,
         "weights": loaded.weights,
         "stand_in_weights": loaded.is_stand_in,
+        **report_fields(loaded.spec),
         "data": str(data),
         "synthetic_data": any("synthetic" in n for n in notes),
         "num_images": num_images,

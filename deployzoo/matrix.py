@@ -58,6 +58,7 @@ class MatrixSettings:
     data: str | Path | None = None  # dataset for the guard; default: a synthetic one per dataset
     checkpoint: str | Path | None = None  # only with a single model
     classes: str | None = None  # --classes: a fine-tuned checkpoint's class names (deployzoo.fine_tuned)
+    test_settings: dict[str, Any] | None = None  # --input-size ... (deployzoo.test_settings)
     device: str = "cpu"  # the PyTorch backends' device ("cuda" on a GPU machine)
     # Seconds a cell may take; each cell then runs in a process of its own, killed past it (status "timed out").
     # None: cells run in this process, without a limit.
@@ -303,4 +304,5 @@ def model_spec(model: str, settings: MatrixSettings) -> ModelSpec:
     """``model``'s spec for the matrix's checkpoint: a fine-tuned one's class count and names."""
     from deployzoo.fine_tuned import spec_for
 
-    return spec_for(get_spec(model), settings.checkpoint, settings.classes, quiet=True)
+    return spec_for(get_spec(model), settings.checkpoint, settings.classes, quiet=True,
+                    settings=settings.test_settings)

@@ -21,6 +21,7 @@ from deployzoo.predictions import records_for, write_label_maps, write_predictio
 from deployzoo.registry import ModelSpec
 from deployzoo.runner import DatasetRun, InferFn, ResultStore, run_dataset
 from deployzoo.tasks.validation import CheckedSplit
+from deployzoo.test_settings import report_fields
 
 
 def export_model(loaded: LoadedModel, out: str | Path, batch_size: int = 1, dynamic_batch: bool = False) -> ExportResult:
@@ -42,7 +43,7 @@ class Engine:
         return self.backend.infer(feeds)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.backend.describe(), "weights": self.weights}
+        return {**self.backend.describe(), "weights": self.weights, **report_fields(self.spec)}
 
 
 def open_engine(
@@ -202,7 +203,10 @@ def evaluate_dataset(
     # computed on other files that happen to share the ids
     image_files = images_digest((item.image_id, item.path) for item in items)
     store = ResultStore(out_dir, {**fingerprint, "images": len(items), "image_files": image_files,
-                                  "batch_size": batch_size}, resume=resume)
+                                  "batch_size": batch_size,
+                                  # host-side settings (RefineDet) leave the graph alone: resume must see them
+                                  **({"test_settings": spec.test_settings} if spec.test_settings else {})},
+                        resume=resume)
     run_images = runner or run_dataset
     run = run_images(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name,
@@ -249,6 +253,7 @@ def evaluate_dataset(
         "stages": run.timer.to_dict(),
         **run.extra,  # a Ray run's "ray": replicas, their throughput, the overhead (deployzoo.distributed.ray_eval)
         "engine": fingerprint,
+        **report_fields(spec),  # the test-time settings the figures were measured with
     }
     write_scores(out_dir, task, scores, summary)
     skipped_checks = [(s["image_id"], f"{s['path']}: {s['problem']}" if "path" in s else s["problem"])

@@ -73,6 +73,9 @@ class ModelSpec:
     class_heads: tuple[Any, ...] = ()
     class_variant: Callable[[int], "ModelSpec"] | None = None
     class_names_source: str = "official"  # where class_names come from (checkpoint meta, --classes, dataset ...)
+    # Test-time settings changed from the official ones (deployzoo.test_settings: input_size, max_size,
+    # score_threshold, max_dets); empty = the official model. test_settings.settings_of gives every value.
+    test_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_names(self) -> tuple[str, ...]:

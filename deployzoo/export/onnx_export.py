@@ -95,6 +95,7 @@ def export_onnx(
                                        "inputs": {n: [None if d is None else d for d in dims] for n, dims in input_dims.items()}}),
         "deployzoo.preprocessing": spec.preprocess_description,
         "deployzoo.class_names": json.dumps(list(spec.class_names)),
+        **_test_settings_metadata(spec),
         "deployzoo.outputs": json.dumps({n: spec.output_notes.get(n, "") for n in spec.output_names}),
         **(extra_metadata or {}),
     }
@@ -114,6 +115,17 @@ def export_onnx(
         op_types=op_type_counts(proto),
         size_bytes=out_path.stat().st_size,
     )
+
+
+def _test_settings_metadata(spec: Any) -> dict[str, str]:
+    """``deployzoo.test_settings``: every test-time setting the graph and its host side were made with
+    (deployzoo.test_settings.settings_of); read back by fine_tuned.spec_for when the file is run."""
+    from deployzoo.test_settings import METADATA_KEY, settings_of
+
+    try:
+        return {METADATA_KEY: json.dumps(settings_of(spec))}
+    except DeployzooError:  # a model without test-time settings
+        return {}
 
 
 def _declare_output_shapes(proto: onnx.ModelProto, shapes: list[tuple[int | str, ...]], batch_param: str | None) -> None:

@@ -266,8 +266,12 @@ SYNTHETIC_GAINS = (
 )
 
 
-def build_cascade_mask_rcnn(num_classes: int = 80) -> CascadeMaskRCNN:
-    return CascadeMaskRCNN(CascadeMaskRCNNConfig(num_classes=num_classes)).eval()
+def build_cascade_mask_rcnn(num_classes: int = 80, score_threshold: float = 0.05,
+                            max_dets: int = 100) -> CascadeMaskRCNN:
+    """``score_threshold`` / ``max_dets``: detectron2 MODEL.ROI_HEADS.SCORE_THRESH_TEST / TEST.DETECTIONS_PER_IMAGE
+    (deployzoo.test_settings)."""
+    return CascadeMaskRCNN(CascadeMaskRCNNConfig(num_classes=num_classes, score_threshold=score_threshold,
+                                                 max_dets=max_dets)).eval()
 
 
 # The class-dependent tensors of a fine-tuned checkpoint (ROI_HEADS.NUM_CLASSES): each stage's classifier

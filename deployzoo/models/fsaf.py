@@ -216,8 +216,11 @@ SYNTHETIC_GAINS = (
 )
 
 
-def build_fsaf(postprocess: str = "A", num_classes: int = 80) -> FSAF:
-    return FSAF(FSAFConfig(postprocess=postprocess, num_classes=num_classes)).eval()
+def build_fsaf(postprocess: str = "A", num_classes: int = 80, score_threshold: float = 0.05,
+               max_dets: int = 100) -> FSAF:
+    """``score_threshold`` / ``max_dets``: mmdet test_cfg score_thr / max_per_img (deployzoo.test_settings)."""
+    return FSAF(FSAFConfig(postprocess=postprocess, num_classes=num_classes, score_threshold=score_threshold,
+                           max_dets=max_dets)).eval()
 
 
 # The class-dependent tensor of a fine-tuned checkpoint: retina_cls [A*C, 256, 3, 3], one anchor (A = 1),

@@ -158,8 +158,10 @@ SYNTHETIC_GAINS = (
 )
 
 
-def build_mask_rcnn(num_classes: int = 80) -> MaskRCNN:
-    return MaskRCNN(MaskRCNNConfig(num_classes=num_classes)).eval()
+def build_mask_rcnn(num_classes: int = 80, score_threshold: float = 0.05, max_dets: int = 100) -> MaskRCNN:
+    """``score_threshold`` / ``max_dets``: mmdet test_cfg.rcnn score_thr / max_per_img (deployzoo.test_settings)."""
+    return MaskRCNN(MaskRCNNConfig(num_classes=num_classes, score_threshold=score_threshold,
+                                   max_dets=max_dets)).eval()
 
 
 # The class-dependent tensors of a fine-tuned checkpoint: fc_cls [C+1, 1024] (background last), the

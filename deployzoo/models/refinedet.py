@@ -133,9 +133,23 @@ class RefineDetPostprocess:
         return Detections(boxes * scale, scores, labels - 1)
 
 
-def build_refinedet320_voc(num_classes: int = 20) -> RefineDet:
-    """``num_classes``: object classes (the network adds the background at index 0)."""
-    return RefineDet(RefineDetConfig(size=320, num_classes=num_classes + 1)).eval()
+def refinedet_config(size: int = 320, num_classes: int = 21) -> RefineDetConfig:
+    """The config for a ``size`` x ``size`` input: RefineDet.PyTorch's voc_refinedet['320'] / ['512'] differ only
+    in the feature-map sides (size / step, steps 8, 16, 32, 64); other multiples of 64 follow the same rule.
+
+    Raises:
+        ValueError: ``size`` not a multiple of 64 (the TCB's 2x upsampling then misses the finer level).
+    """
+    if size % 64:
+        raise ValueError(f"RefineDet's input size must be a multiple of 64 (e.g. 320, 512), got {size}")
+    steps = RefineDetConfig.steps
+    return RefineDetConfig(size=size, num_classes=num_classes, feature_maps=tuple(size // s for s in steps))
+
+
+def build_refinedet320_voc(num_classes: int = 20, size: int = 320) -> RefineDet:
+    """``num_classes``: object classes (the network adds the background at index 0); ``size``: the square input
+    side (deployzoo.test_settings --input-size; the priors follow it)."""
+    return RefineDet(refinedet_config(size, num_classes + 1)).eval()
 
 
 # The class-dependent tensors of a fine-tuned checkpoint: the ODM confidence convs [A*(C+1), 256, 3, 3]
