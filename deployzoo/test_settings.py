@@ -1,18 +1,16 @@
 """Test-time settings a fine-tuned model may change (issue 17 item 5): the test scale, the score threshold and
 the detections kept per image, mapped onto each model's own constructor arguments.
 
-=====================  ==============================  ==========================  ==========================
-model family           ``input_size`` / ``max_size``   ``score_threshold``         ``max_dets``
-=====================  ==============================  ==========================  ==========================
-RefineDet (VOC)        square side 320 (multiple of    Detect_RefineDet conf_thresh  keep_top_k; official: every
-                       64: the priors follow it) / -   0.01 (host side)              NMS survivor (host side)
-mmdet Mask R-CNN,      keep-ratio scale (1333, 800):   test_cfg.rcnn / test_cfg     max_per_img 100 (in graph)
-mmdet FSAF             short side 800 / long 1333      score_thr 0.05 (in graph)
-detectron2 Cascade     ResizeShortestEdge 800 / max    SCORE_THRESH_TEST 0.05       DETECTIONS_PER_IMAGE 100
-Mask R-CNN             size 1333                       (in graph)                   (in graph)
-mmseg PSPNet           keep-ratio scale (2048, 512):   -                            -
-                       short side 512 / long 2048
-=====================  ==============================  ==========================  ==========================
+Per family (official values; "graph": inside the exported graph, "host": in the host-side post-processing):
+
+- RefineDet: ``input_size`` the square side, 320 (multiples of 64; the priors follow it: voc_refinedet '320' and
+  '512' differ only in the feature-map sides); ``score_threshold`` Detect_RefineDet's conf_thresh 0.01 (host);
+  ``max_dets`` keep_top_k, official: every NMS survivor (host); no ``max_size``.
+- mmdet Mask R-CNN and FSAF: keep-ratio scale (1333, 800) = ``max_size`` 1333, ``input_size`` 800 (the short
+  side); ``score_threshold`` test_cfg(.rcnn).score_thr 0.05 and ``max_dets`` max_per_img 100 (graph).
+- detectron2 Cascade Mask R-CNN: ResizeShortestEdge 800, max size 1333; ``score_threshold``
+  MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.05 and ``max_dets`` TEST.DETECTIONS_PER_IMAGE 100 (graph).
+- mmseg PSPNet: keep-ratio scale (2048, 512) = ``max_size`` 2048, ``input_size`` 512; nothing else.
 
 Defaults are the official ones; ``ModelSpec.test_settings`` holds only what was changed. Sources: RefineDet.PyTorch
 data/config.py (voc_refinedet '320'/'512') and eval_refinedet.py; mmdetection 3.x configs/_base_/models/
@@ -24,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 from deployzoo.errors import DeployzooError
 
@@ -44,27 +43,19 @@ class _Family:
     prefix: str
     official: dict[str, Any]  # every field: its official value (None: the model keeps all / has no such limit)
     settable: tuple[str, ...]
-    what: dict[str, str]  # field -> what it is in this model's own terms (help and errors)
 
 
-_RCNN_WHAT = {"input_size": "short side of the keep-ratio test resize", "max_size": "long-side limit of that resize",
-              "score_threshold": "box-head score threshold inside the graph",
-              "max_dets": "detections per image kept inside the graph"}
 _FAMILIES = (
     _Family("refinedet", {"input_size": 320, "max_size": None, "score_threshold": 0.01, "max_dets": None},
-            ("input_size", "score_threshold", "max_dets"),
-            {"input_size": "square input side (the priors follow it)",
-             "score_threshold": "Detect_RefineDet confidence threshold (host side)",
-             "max_dets": "keep_top_k: best detections per image (host side; official: every NMS survivor)"}),
+            ("input_size", "score_threshold", "max_dets")),
     _Family("mmdet-mask-rcnn", {"input_size": 800, "max_size": 1333, "score_threshold": 0.05, "max_dets": 100},
-            FIELDS, _RCNN_WHAT),
+            FIELDS),
     _Family("mmdet-fsaf", {"input_size": 800, "max_size": 1333, "score_threshold": 0.05, "max_dets": 100},
-            FIELDS, _RCNN_WHAT),
+            FIELDS),
     _Family("d2-cascade-mask-rcnn", {"input_size": 800, "max_size": 1333, "score_threshold": 0.05, "max_dets": 100},
-            FIELDS, _RCNN_WHAT),
+            FIELDS),
     _Family("mmseg-pspnet", {"input_size": 512, "max_size": 2048, "score_threshold": None, "max_dets": None},
-            ("input_size", "max_size"),
-            {"input_size": "short side of the keep-ratio test resize", "max_size": "long-side limit of that resize"}),
+            ("input_size", "max_size")),
 )
 
 
@@ -217,7 +208,11 @@ def _rcnn(spec, family: _Family, values: dict[str, Any]):
 
 def _refinedet(spec, values: dict[str, Any]):
     from deployzoo.heads.refinedet_detect import RefineDetDetectConfig
-    from deployzoo.models.refinedet import RefineDetPostprocess, preprocess, refinedet_config
+    from deployzoo.models.refinedet import (
+        RefineDetPostprocess,
+        preprocess,
+        refinedet_config,
+    )
 
     size = values["input_size"]
     config = refinedet_config(size, len(spec.class_names) + 1)
@@ -246,7 +241,7 @@ def from_metadata(spec, metadata: Mapping[str, str], where: str) -> dict[str, An
     try:
         stored = json.loads(text)
         if not isinstance(stored, dict):
-            raise ValueError("not an object")
+            raise TypeError("not an object")
         changed = stored.get("changed") or []
         return check_settings(spec, **{k: stored.get(k) for k in FIELDS if k in changed})
     except (ValueError, TypeError, DeployzooError) as exc:

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from fine_tuned_helpers import D2_CASCADE, FSAF, MMDET_MASK_RCNN, PSPNET, REFINEDET
 
 OFFICIAL = {
@@ -152,7 +151,7 @@ def test_rcnn_score_threshold_and_max_dets_reach_the_graph():
     assert spec.output_shapes["boxes"] == (7, 4) and spec.output_notes["masks"].startswith("[B,7,28,28]")
     feeds = {k: torch.from_numpy(v) for k, v in _rcnn_feeds().items()}
     with torch.no_grad():
-        boxes, scores, labels, num_dets, masks = official.model(**feeds)
+        boxes, scores, labels, num_dets, _ = official.model(**feeds)
         b7, s7, l7, n7, m7 = model(**feeds)
     n = int(num_dets[0])
     above = scores[0, :n] > 0.3
@@ -266,3 +265,22 @@ def test_rcnn_settings_in_the_onnx_graph(tmp_path):
     assert (outputs["scores"][0] > 0.3).all()
     np.testing.assert_allclose(outputs["scores"], reference[1].numpy(), atol=1e-5)
     np.testing.assert_allclose(outputs["boxes"], reference[0].numpy(), atol=1e-3)
+
+
+def test_settings_stay_with_a_fine_tuned_class_count(tmp_path):
+    """A checkpoint with another class count builds its class variant: the settings go with it (load_model),
+    and --classes with settings gives both (spec_for)."""
+    from fine_tuned_helpers import fine_tuned_weights, write_checkpoint
+
+    from deployzoo.engine import load_model
+    from deployzoo.fine_tuned import spec_for
+    from deployzoo.registry import get_spec
+
+    named = spec_for(get_spec(REFINEDET), None, "car,bus", settings={"input_size": 512, "max_dets": 3}, quiet=True)
+    priors = 3 * (64 ** 2 + 32 ** 2 + 16 ** 2 + 8 ** 2)
+    assert named.class_names == ("car", "bus") and named.output_shapes["odm_conf"] == (priors, 3)
+    checkpoint = write_checkpoint(REFINEDET, fine_tuned_weights(REFINEDET, 2), tmp_path / "ft.pth")
+    loaded = load_model(_spec(REFINEDET, input_size=512, max_dets=3), checkpoint)
+    assert loaded.spec.test_settings == {"input_size": 512, "max_dets": 3} and len(loaded.spec.class_names) == 2
+    assert loaded.model.config.size == 512 and loaded.model.config.num_classes == 3
+    assert loaded.spec.make_postprocess().detect.max_per_image == 3
