@@ -285,6 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     records = predict_files(engine, images, score_threshold=args.score_thr, max_dets=args.max_dets, out_dir=out,
                             skipped=failed, runner=_ray_runner(args, engine, precision) if args.ray else None)
     path = write_predictions(out / "predictions.json", records)
+    _write_predict_info(out, spec, engine, args)
     done = len(images) - len(failed)
     if spec.task == "semantic-segmentation":
         print(f"{len(records)} label maps -> {path} and {out / 'label_maps'}/*.png")
@@ -305,6 +306,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DeployzooError(f"{len(failed)} image(s) gave no result ({listed}); the predictions of the other "
                              f"{done} are in {path} (--skip-bad leaves such images out)")
     return 0
+
+
+def _write_predict_info(out: Path, spec, engine, args: argparse.Namespace) -> None:
+    """DIR/predict.json beside predictions.json (a list, the contract): what made it: the engine, the model's
+    test-time settings (deployzoo.test_settings) and predict's own filters on the model's output."""
+    from deployzoo.jsonio import write_json
+
+    described = engine.describe()
+    write_json(out / "predict.json", {"model": spec.name, "class_names": list(spec.class_names), "engine": described,
+                                      "test_settings": described.get("test_settings"),
+                                      "filters": {"score_thr": args.score_thr, "max_dets": args.max_dets}})
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -712,8 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "predict", help="detect objects in image files; writes DIR/predictions.json")
     _add_engine_args(p)
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...), in any order among the options")
-    p.add_argument("--out", required=True, help="results folder: predictions.json, label_maps/, pictures/ "
-                                                "(no model files: those go to the engine cache)")
+    p.add_argument("--out", required=True, help="results folder: predictions.json, predict.json (engine, test "
+                                                "settings, filters), label_maps/, pictures/ (no model files: those "
+                                                "go to the engine cache)")
     p.add_argument("--batch", type=_batch_size, default=1, help="images per inference call (default 1)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unusable images with a warning (counted) instead of stopping before the run")

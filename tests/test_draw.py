@@ -111,7 +111,7 @@ def test_predict_draws_one_picture_per_photo_at_its_size(tmp_path, photos, capsy
             assert picture.size == src.size and picture.mode == "RGB"
     assert main(["predict", REFINEDET, str(photos[0]), "--backend", "pytorch", "--no-draw", "--out",
                  str(tmp_path / "plain")]) == 0
-    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["predictions.json"]
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["predict.json", "predictions.json"]
 
 
 def test_eval_draws_the_first_and_the_most_disagreeing(tmp_path, synthetic_voc, capsys):

@@ -81,7 +81,7 @@ def test_predict_leaves_no_model_in_out_and_reuses_the_cached_graph(monkeypatch,
     second = capsys.readouterr().out
     assert "engine cache: reusing ONNX" in second and "exporting" not in second
     for out in ("a", "b"):
-        assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["predictions.json"]
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["predict.json", "predictions.json"]
     assert (json.loads((tmp_path / "a" / "predictions.json").read_text())
             == json.loads((tmp_path / "b" / "predictions.json").read_text()))
     [entry] = cache.entries()

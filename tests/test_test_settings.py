@@ -236,6 +236,9 @@ def test_refinedet_settings_round_trip_through_onnxruntime(tmp_path, capsys):
                       ("pytorch", ["--backend", "pytorch", *options])):
         assert main(["predict", REFINEDET, str(image), "--out", str(tmp_path / run), "--no-draw", *args]) == 0
         results[run] = json.loads((tmp_path / run / "predictions.json").read_text())
+        info = json.loads((tmp_path / run / "predict.json").read_text())
+        assert info["test_settings"]["changed"] == ["input_size", "max_dets", "score_threshold"], run
+        assert info["test_settings"]["input_size"] == 512 and info["filters"]["score_thr"] == 0.0
     assert 0 < len(results["onnx"]) <= 5 and all(r["score"] > 0.3 for r in results["onnx"])
     assert [r["category"] for r in results["onnx"]] == [r["category"] for r in results["pytorch"]]
     np.testing.assert_allclose([r["score"] for r in results["onnx"]], [r["score"] for r in results["pytorch"]],
