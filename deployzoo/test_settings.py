@@ -172,8 +172,9 @@ def with_settings(spec, settings: Mapping[str, Any] | None):
     elif family.prefix == "mmseg-pspnet":
         spec = dataclasses.replace(spec, preprocess=dataclasses.replace(
             spec.preprocess, scale=(values["max_size"], values["input_size"])))
+        spec = _typical_input(spec, (375, 500), 1)  # a VOC image
     else:
-        spec = _rcnn(spec, family, values)
+        spec = _typical_input(_rcnn(spec, family, values), (480, 640), 32)  # a COCO image, padded to /32
     note = describe(dataclasses.replace(spec, test_settings=merged))
     return dataclasses.replace(spec, test_settings=merged, preprocess_description=_base_description(spec) +
                                f"; deployzoo {note}")
@@ -183,9 +184,22 @@ def _base_description(spec) -> str:
     return spec.preprocess_description.split("; deployzoo test settings:")[0]
 
 
+def _typical_input(spec, image_hw: tuple[int, int], divisor: int):
+    """The default input size (tracing, pure-inference benchmarks) at the new scale: a typical dataset image
+    through the changed preprocessing, as the official default is at the official scale. A fixed canvas keeps
+    its size."""
+    import numpy as np
+
+    if getattr(spec.preprocess, "canvas_hw", None) is not None or not isinstance(spec.example_inputs, partial):
+        return spec
+    h, w = spec.preprocess(np.zeros((*image_hw, 3), dtype=np.uint8))[1].resized_hw
+    hw = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
+    return dataclasses.replace(spec, input_hw=hw, example_inputs=_with_keywords(spec.example_inputs, hw=hw))
+
+
 def _with_keywords(build, **keywords):
     if not isinstance(build, partial):
-        raise DeployzooError("internal: the model builder takes no test-time settings")
+        raise DeployzooError("internal: this function takes no test-time settings")
     return partial(build.func, *build.args, **{**build.keywords, **keywords})
 
 

@@ -85,6 +85,9 @@ def test_rcnn_and_pspnet_values_are_checked_per_model(capsys):
     assert d2.preprocess(_image(hw=(240, 320)))[0].shape == (3, 400, 533)
     mm = _spec(MMDET_MASK_RCNN, input_size=600)
     assert mm.preprocess(_image(hw=(240, 320)))[0].shape == (3, 600, 800)
+    # tracing and pure-inference benchmarks run a typical image at the new scale (640x480 COCO, padded to /32)
+    assert mm.input_hw == (608, 800) and mm.make_example_inputs(1)["image"].shape == (1, 3, 608, 800)
+    assert psp.input_hw == (256, 341) and psp.make_example_inputs(2)["image"].shape == (2, 3, 256, 341)
 
 
 def test_refinedet_input_size_changes_the_network_input_and_priors():
