@@ -290,3 +290,15 @@ def test_settings_stay_with_a_fine_tuned_class_count(tmp_path):
     assert loaded.spec.test_settings == {"input_size": 512, "max_dets": 3} and len(loaded.spec.class_names) == 2
     assert loaded.model.config.size == 512 and loaded.model.config.num_classes == 3
     assert loaded.spec.make_postprocess().detect.max_per_image == 3
+
+
+@pytest.mark.slow
+def test_run_report_holds_the_settings(tmp_path):
+    from deployzoo.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", REFINEDET, "--out", str(out), "--num-images", "2", "--batch", "1", "--eval-batch", "1",
+                 "--min-seconds", "0.2", "--test-max-dets", "3", "--test-score-thr", "0.2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_settings"] == {"input_size": 320, "max_size": None, "score_threshold": 0.2, "max_dets": 3,
+                                       "changed": ["max_dets", "score_threshold"]}
