@@ -312,11 +312,13 @@ def _write_predict_info(out: Path, spec, engine, args: argparse.Namespace) -> No
     """DIR/predict.json beside predictions.json (a list, the contract): what made it: the engine, the model's
     test-time settings (deployzoo.test_settings) and predict's own filters on the model's output."""
     from deployzoo.jsonio import write_json
+    from deployzoo.test_settings import report_fields
 
-    described = engine.describe()
-    write_json(out / "predict.json", {"model": spec.name, "class_names": list(spec.class_names), "engine": described,
-                                      "test_settings": described.get("test_settings"),
-                                      "filters": {"score_thr": args.score_thr, "max_dets": args.max_dets}})
+    info = {"model": spec.name, "class_names": list(spec.class_names), "weights": engine.weights,
+            **report_fields(spec), "filters": {"score_thr": args.score_thr, "max_dets": args.max_dets}}
+    if hasattr(engine.backend, "describe"):  # test doubles may lack it
+        info["engine"] = engine.describe()
+    write_json(out / "predict.json", info)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
