@@ -75,6 +75,23 @@ def checkpoint_class_names(meta: dict[str, Any]) -> tuple[tuple[str, ...], str] 
     return None
 
 
+def _usable_meta_names(named: tuple[tuple[str, ...], str] | None, count: int,
+                       path: str | Path) -> tuple[tuple[str, ...], str] | None:
+    """``named`` when it names ``count`` classes; else None, with a warning naming both counts.
+
+    Why not an error: the head tensors decide what the model computes, and the frameworks themselves run such a
+    file (mmdet's init_detector copies meta CLASSES for display only), so the names are dropped, not the run;
+    --classes names the classes instead (a --classes count that disagrees with the heads is still an error)."""
+    if named is None or len(named[0]) == count:
+        return named
+    import sys
+
+    shown = ", ".join(named[0][:5]) + (", ..." if len(named[0]) > 5 else "")
+    print(f"warning: {path}: its {named[1]} names {len(named[0])} class(es) ({shown}) but the head tensors have "
+          f"{count}; those names are not used (give --classes to name the classes)", file=sys.stderr)
+    return None
+
+
 @lru_cache(maxsize=1)
 def _read_cached(path: str, mtime_ns: int, size: int):
     from deployzoo.checkpoints.safe_load import load_checkpoint
@@ -148,7 +165,7 @@ def resolve_classes(spec, checkpoint: str | Path | None = None, classes: str | S
         found = infer_num_classes(raw.tensors, spec.class_heads, str(checkpoint))
         if found is not None:
             count, count_from = found.num_classes, found.describe()
-        meta_names = checkpoint_class_names(raw.meta)
+        meta_names = _usable_meta_names(checkpoint_class_names(raw.meta), count or official, checkpoint)
     elif onnx is not None:
         from deployzoo.export.onnx_export import read_metadata
 
@@ -282,11 +299,8 @@ def setup_for_loaded(spec, raw) -> ClassSetup | None:
     found = infer_num_classes(raw.tensors, spec.class_heads, str(raw.path))
     if found is None or found.num_classes == len(spec.class_names):
         return None
-    named = checkpoint_class_names(raw.meta)
-    if named is not None and len(named[0]) == found.num_classes:
-        return ClassSetup(found.num_classes, found.describe(), named[0], f"checkpoint {named[1]}")
+    named = _usable_meta_names(checkpoint_class_names(raw.meta), found.num_classes, raw.path)
     if named is not None:
-        raise CheckpointError(f"{raw.path}: {found.describe()}, but its {named[1]} names {len(named[0])} classes "
-                              f"({', '.join(named[0])})")
+        return ClassSetup(found.num_classes, found.describe(), named[0], f"checkpoint {named[1]}")
     return ClassSetup(found.num_classes, found.describe(), generic_class_names(found.num_classes),
                       "nowhere (generic names class_0..class_N-1: give --classes)")

@@ -72,6 +72,22 @@ def test_names_come_from_the_checkpoint_meta(meta, tmp_path):
     assert spec.evaluation.class_names == ("cat", "dog", "eel")
 
 
+@pytest.mark.parametrize("count", [80, 3])
+def test_meta_names_of_another_count_are_dropped_with_a_warning(count, tmp_path, capsys):
+    """The heads decide; meta names that do not fit (an abbreviated CLASSES, a stale meta) are not used."""
+    from deployzoo.engine import load_model
+    from deployzoo.fine_tuned import spec_for
+    from deployzoo.registry import get_spec
+
+    official = get_spec(FSAF)
+    path = write_checkpoint(FSAF, fine_tuned_weights(FSAF, count), tmp_path / "ft.pth", meta={"CLASSES": ["person"]})
+    spec = spec_for(official, path, quiet=True)
+    expected = official.class_names if count == 80 else tuple(f"class_{i}" for i in range(count))
+    assert spec.class_names == expected
+    assert "meta.CLASSES names 1 class(es) (person) but the head tensors have" in capsys.readouterr().err
+    assert load_model(official, path).spec.class_names == expected  # the library entry point too
+
+
 def test_classes_option_list_file_and_count_mismatch(tmp_path):
     from deployzoo.fine_tuned import parse_classes, spec_for
     from deployzoo.registry import get_spec
