@@ -778,6 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
     p.add_argument("--coco-evaluator", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
                    help="COCO AP by pycocotools (default, the reference) or faster-coco-eval (extra 'fastcoco')")
+    p.add_argument("--classes", help="a VOC-format set's own class names, comma-separated or a file with one per "
+                                     "line (default: the 20 VOC classes; COCO files name their categories)")
+    p.add_argument("--annotations", help="a COCO annotation file outside the val2017 layout (the set is then COCO)")
     p.add_argument("--out", help="where metrics.json goes (default: beside the predictions file, score/)")
     p.set_defaults(func=cmd_score)
 

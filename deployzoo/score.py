@@ -456,25 +456,28 @@ def score_file(
     protocol: str | None = None,
     kind: str | None = None,
     coco_evaluator: str = "pycocotools",
+    class_names: Sequence[str] | None = None,
+    annotation_file: str | Path | None = None,
 ) -> tuple[Any, Scores, dict[str, Any]]:
     """``deployzoo score``: score the predictions file against the dataset at ``data`` (kind recognised from
     its layout unless ``kind`` is given) and write metrics.json (+ COCO results files) to ``out_dir``.
 
     Only the ground truth is read (annotations, label PNGs): image files are not needed. No model is built.
-    Returns (task, scores, summary).
+    ``class_names``: a VOC-format set's own classes (``--classes``); ``annotation_file``: a COCO file outside the
+    val2017 layout (``--annotations``; the kind is then COCO). Returns (task, scores, summary).
     """
     from deployzoo.data.kinds import dataset_kind, task_for_kind
     from deployzoo.eval.coco_eval import check_evaluator
 
     check_evaluator(coco_evaluator)
-    kind = kind or dataset_kind(data)
+    kind = kind or ("coco" if annotation_file is not None else dataset_kind(data))
     iou_types = ("bbox",)
     if kind == "coco":
         raw = _load_json_list(Path(predictions))
         if raw and any("segmentation" in r for r in raw):
             # masks: box AP too, unless no record has a box (a segm results file, as eval writes it)
             iou_types = ("segm",) if not any("bbox" in r for r in raw) else ("bbox", "segm")
-    task = task_for_kind(kind, data, iou_types=iou_types)
+    task = task_for_kind(kind, data, iou_types=iou_types, class_names=class_names, annotation_file=annotation_file)
     dataset = task.open(data)
     annotations, _ = task.load_ground_truth(dataset)
     preds, fmt = read_predictions(predictions, task, dataset, annotations)
@@ -490,8 +493,11 @@ def run_score_command(args: Any) -> int:
     """``deployzoo score`` (deployzoo.cli): score, print the task's tables and the headline, write metrics.json."""
     predictions = Path(args.predictions)
     out = Path(args.out) if args.out else predictions.parent / "score"
+    from deployzoo.fine_tuned import parse_classes
+
     task, scores, summary = score_file(args.data, predictions, out, protocol=args.protocol, kind=args.dataset,
-                                       coco_evaluator=args.coco_evaluator)
+                                       coco_evaluator=args.coco_evaluator, class_names=parse_classes(args.classes),
+                                       annotation_file=args.annotations)
     print(scores.metrics.table())
     evaluator = f", {scores.coco_evaluator}" if scores.coco_evaluator else ""
     from deployzoo.figures import headline_text

@@ -383,3 +383,54 @@ def test_score_needs_only_the_ground_truth_not_the_images(coco_root, synthetic_v
     assert main(["score", "--data", str(tmp_path / "VOCdevkit"), "--predictions", str(tmp_path / "v.json"),
                  "--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["headline"]["value"] == 0.0
+
+
+def test_score_a_voc_format_set_of_your_own_classes(synthetic_voc, tmp_path, capsys):
+    """--classes: a VOC-format set whose objects are named from its own list scores like the task built for it."""
+    from deployzoo.predictions import records_for, write_predictions
+    from deployzoo.score import score_predictions
+    from deployzoo.tasks.custom import CustomVOCTask
+
+    names = ("boat", "car", "bus")
+    root = CustomVOCTask(class_names=names).make_synthetic(tmp_path / "voc", num_images=4, seed=3)
+    task = CustomVOCTask(class_names=names, protocol="voc-devkit")
+    dataset = task.open(root)
+    annotations, _ = task.load_ground_truth(dataset)
+    rng = np.random.default_rng(0)
+    from deployzoo.structures import Detections
+
+    dets = {k: Detections((a.boxes - 1 + rng.normal(0, 3, a.boxes.shape)).astype(np.float32),
+                          rng.uniform(size=len(a.labels)).astype(np.float32), a.labels.astype(np.int64))
+            for k, a in annotations.items()}
+    spec_like = type("S", (), {"class_names": names, "category_ids": None})
+    write_predictions(tmp_path / "p.json", records_for(spec_like, [(dataset.image_path(k).name, d)
+                                                                   for k, d in dets.items()]))
+    args = ["score", "--data", str(root), "--predictions", str(tmp_path / "p.json"), "--protocol", "voc-devkit"]
+    assert main(args + ["--out", str(tmp_path / "without")]) == 2  # the 20 VOC classes do not name them
+    assert "boat" in capsys.readouterr().err
+    assert main(args + ["--classes", ",".join(names), "--out", str(tmp_path / "o")]) == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    direct = score_predictions(task, dets, annotations, protocol="voc-devkit")
+    assert metrics["headline"]["value"] == pytest.approx(direct.headline, abs=1e-12) and direct.headline > 0
+    assert [r.get("name", r.get("class")) for r in metrics["metrics"]["per_class"]] == list(names)
+
+
+def test_score_a_coco_file_outside_the_val2017_layout_with_its_own_ids(coco_root, tmp_path):
+    """--annotations: any place, non-contiguous category ids; equal to pycocotools on the same files."""
+    gt = _gt(coco_root)
+    used = sorted({a["category_id"] for a in gt["annotations"]})[:3]
+    new_id = {c: i for c, i in zip(used, (3, 17, 42))}
+    gt["annotations"] = [dict(a, category_id=new_id[a["category_id"]]) for a in gt["annotations"]
+                         if a["category_id"] in new_id]
+    gt["categories"] = [dict(c, id=new_id[c["id"]]) for c in gt["categories"] if c["id"] in new_id]
+    gt_file = tmp_path / "labels" / "mine.json"
+    gt_file.parent.mkdir()
+    gt_file.write_text(json.dumps(gt))
+    results = [dict(r, category_id=new_id[r["category_id"]]) for r in _coco_results(coco_root, masks=False)
+               if r["category_id"] in new_id]
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert main(["score", "--data", str(tmp_path), "--annotations", str(gt_file), "--predictions",
+                 str(tmp_path / "r.json"), "--out", str(tmp_path / "o")]) == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["dataset_kind"] == "coco"
+    assert _metrics_stats(metrics, "bbox") == _pycocotools_stats(gt_file, tmp_path / "r.json", "bbox")

@@ -74,16 +74,22 @@ def coco_split(root: str | Path) -> str:
                                                     f"instances_val2017.json: keep the one to score")
 
 
-def _coco_task():
+def _coco_task(custom_layout: bool = False):
+    """COCODetectionTask, or for a file outside the val2017 layout its custom-layout form (takes
+    ``annotation_file``)."""
+    if custom_layout:
+        from deployzoo.tasks.custom import CustomCOCOTask
+
+        return CustomCOCOTask
     from deployzoo.tasks.coco_detection import COCODetectionTask
 
     return COCODetectionTask
 
 
-def _mask_only_task():
+def _mask_only_task(custom_layout: bool = False):
     """COCO scored on masks alone (a ``coco_results.segm.json`` holds no boxes): "segm" is the only IoU type
     and mask AP the headline."""
-    base = _coco_task()
+    base = _coco_task(custom_layout)
 
     class MaskOnlyCOCOTask(base):
         metric_name = "COCO mask AP"
@@ -100,28 +106,50 @@ def _mask_only_task():
     return MaskOnlyCOCOTask
 
 
-def task_for_kind(kind: str, root: str | Path, iou_types: Sequence[str] = ("bbox",)) -> Any:
+def task_for_kind(kind: str, root: str | Path, iou_types: Sequence[str] = ("bbox",),
+                  class_names: Sequence[str] | None = None, annotation_file: str | Path | None = None) -> Any:
     """The task adapter that scores ``kind`` at ``root`` without a model.
 
-    COCO takes its categories (ids and names) from the annotation file itself; VOC detection and
-    segmentation use the fixed VOC class lists. ``iou_types``: COCO only ("bbox", plus "segm" for masks).
+    COCO takes its categories (ids and names) from the annotation file itself (``annotation_file`` when the set
+    is not in the val2017 layout); VOC detection and segmentation use the VOC class lists, or ``class_names``
+    for a VOC-format set of your own classes. ``iou_types``: COCO only ("bbox", plus "segm" for masks).
+
+    Raises:
+        DeployzooError: ``class_names`` for COCO (its file names the categories), ``annotation_file`` for VOC.
     """
+    if kind != "coco" and annotation_file is not None:
+        raise DeployzooError(f"--annotations is for COCO-format sets; {root} is a {kind} set")
     if kind == "coco":
         from deployzoo.data.coco import COCODetection
 
-        split = coco_split(root)
-        path = COCODetection(root, split=split).split_file  # validated here: a bad file is named before scoring
+        if class_names is not None:
+            raise DeployzooError("--classes is for VOC-format sets: a COCO file names its categories itself")
+        split = coco_split(root) if annotation_file is None else "val2017"
+        # validated here: a bad file is named before scoring
+        path = COCODetection(root, split=split, annotation_file=annotation_file).split_file
         categories = json.loads(path.read_text(encoding="utf-8"))["categories"]
         names, ids = [c["name"] for c in categories], [c["id"] for c in categories]
+        custom = annotation_file is not None
+        layout = {"annotation_file": annotation_file} if custom else {}
         if "bbox" not in iou_types:  # a segm results file (masks without boxes): mask AP is the headline
-            return _mask_only_task()(split=split, class_names=names, category_ids=ids, iou_types=("bbox", "segm"))
-        return _coco_task()(split=split, class_names=names, category_ids=ids, iou_types=tuple(iou_types))
+            return _mask_only_task(custom)(split=split, class_names=names, category_ids=ids,
+                                           iou_types=("bbox", "segm"), **layout)
+        return _coco_task(custom)(split=split, class_names=names, category_ids=ids, iou_types=tuple(iou_types),
+                                  **layout)
     if kind == "voc07":
         from deployzoo.tasks.voc_detection import VOCDetectionTask
 
-        return VOCDetectionTask()
-    if kind == "voc12seg":
+        task = VOCDetectionTask()
+    elif kind == "voc12seg":
         from deployzoo.tasks.voc_segmentation import VOCSegmentationTask
 
-        return VOCSegmentationTask()
+        task = VOCSegmentationTask()
+    else:
+        task = None
+    if task is not None:
+        if class_names is None:
+            return task
+        from deployzoo.tasks.custom import task_for_classes
+
+        return task_for_classes(task, tuple(class_names), tuple(range(1, len(class_names) + 1)))
     raise DeployzooError(f"unknown dataset kind {kind!r}; choose from {', '.join(DATASET_KINDS)}")
