@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from deployzoo.errors import BadInputError
+
 CACHE_ENV = "DEPLOYZOO_CACHE"
 KINDS = ("onnx", "openvino", "int8", "aoti")
 RECORD_SUFFIX = ".entry.json"
@@ -40,6 +42,22 @@ def cache_root() -> Path:
         return Path(given).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "deployzoo"
+
+
+def root_problem() -> str | None:
+    """Why the cache folder cannot hold entries (a file is in its place, or it cannot be written), or None.
+    Checked before a build so that a bad ``$DEPLOYZOO_CACHE`` is one line naming it, not an OSError traceback."""
+    root = cache_root()
+    where = f"the engine cache (${CACHE_ENV})" if os.environ.get(CACHE_ENV) else "the engine cache"
+    # the nearest existing folder decides: the cache and its kind folders are created below it
+    probe = root
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{where} is not a folder: {probe} is a file; set ${CACHE_ENV} to a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{where} cannot be written: {probe} is not writable; set ${CACHE_ENV} to a writable folder"
+    return None
 
 
 def kind_dir(kind: str) -> Path:
@@ -133,7 +151,13 @@ def cached(folder: str | Path, stem: str, suffixes: Iterable[str], build: Callab
         say(f"engine cache: {main.name} cannot be reused ({problem}): building it again")
     elif main.exists():
         say(f"engine cache: {main.name} has no complete record (an interrupted build?): building it again")
-    folder.mkdir(parents=True, exist_ok=True)
+    problem = root_problem() if folder.is_relative_to(cache_root()) else None
+    if problem:
+        raise BadInputError(cache_root(), problem)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only mount, a full disk
+        raise BadInputError(folder, f"cannot create the engine cache folder ({exc.strerror})") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".building-{stem[:40]}-", dir=folder))
     try:
         build(tmp)
@@ -330,6 +354,9 @@ def listing(width: int = 100) -> str:
     found = entries()
     lines = [f"engine cache ({'set by $' + CACHE_ENV if os.environ.get(CACHE_ENV) else 'default location'}, "
              f"{total_size() / 1e6:.1f} MB):", f"  {root}"]
+    problem = root_problem()
+    if problem:
+        lines.append(f"  warning: {root}: {problem}")
     if not found:
         return "\n".join(lines + ["  (empty)"])
     lines.append(f"  {'kind':<8} {'MB':>7}  {'state':<6} entry")

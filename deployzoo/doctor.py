@@ -149,6 +149,8 @@ def report() -> str:
     lines += [f"Engine cache: {root}",
               f"  {'set by $' + cache.CACHE_ENV if os.environ.get(cache.CACHE_ENV) else 'default location'}; "
               f"{len(found)} entries, {cache.total_size() / 1e6:.1f} MB (`deployzoo cache list` shows them)"]
+    if cache.root_problem():
+        lines.append(f"  warning: {cache.root_problem()}")
     return "\n".join(lines)
 
 
