@@ -33,11 +33,17 @@ def generic_class_names(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
+# a --classes value ending so is a file name, never a class name
+_LIST_SUFFIXES = (".txt", ".names", ".csv", ".lst", ".list", ".json", ".yaml", ".yml")
+
+
 def parse_classes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """``--classes``: a comma-separated list, or a file with one name per line (blank lines skipped).
 
     Raises:
-        BadInputError: an empty list, an empty name, or a name given twice (naming the file or the option).
+        BadInputError: an empty list, an empty name, or a name given twice (naming the file or the option); a
+            value that is a path (a folder, or no comma and a ``/`` or a list-file suffix such as ``.txt``) but
+            not a readable file.
     """
     if text is None:
         return None
@@ -49,6 +55,11 @@ def parse_classes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInputError(text, f"cannot read the class list ({exc})") from exc
         names, where = [line.strip() for line in lines if line.strip()], text
+    elif "," not in text and (Path(text).is_dir() or "/" in text or "\\" in text
+                              or Path(text).suffix.lower() in _LIST_SUFFIXES):
+        # a path that is not a readable file: taken as one class name it would fail later, blaming the data
+        raise BadInputError(text, "class list file not found" if not Path(text).exists()
+                            else "is a folder, not a class list file (one name per line)")
     else:
         names, where = [n.strip() for n in text.split(",")], "--classes"
     if not names or any(not n for n in names):
