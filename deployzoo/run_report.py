@@ -14,7 +14,7 @@ from typing import Any, Sequence
 METRIC_MEANING = {
     "VOC07 11-point mAP": (
         "for each of the 20 classes, detections are ranked by score and matched to ground-truth boxes of that "
-        "class at IoU >= 0.5 (each box matched once; boxes marked 'difficult' neither count nor penalise); "
+        "class at IoU 0.5 (each box matched once; boxes marked 'difficult' neither count nor penalise); "
         "precision is read at the 11 recall levels 0, 0.1, ..., 1 and averaged; mAP is the mean over classes, "
         "in percent"),
     "COCO box AP": (
@@ -25,6 +25,17 @@ METRIC_MEANING = {
         "either is (summed over all images; pixels labelled 255 are ignored); mIoU is the mean over the classes, "
         "in percent"),
 }
+
+
+def _voc07_rules(acc: dict[str, Any]) -> str | None:
+    """The VOC07 protocol's own matching rules (IoU >= or > 0.5, +1 pixel areas, ties, mean), which differ
+    between protocols and so cannot be in METRIC_MEANING; None for other metrics."""
+    if acc.get("metric") != "VOC07 11-point mAP":
+        return None
+    from deployzoo.eval.voc07 import PROTOCOLS  # local: only VOC reports need it
+
+    protocol = PROTOCOLS.get(acc.get("protocol"))
+    return protocol.rules if protocol else None
 
 
 def protocol_reference(task: Any, protocol: str) -> str | None:
@@ -209,7 +220,8 @@ def accuracy_section(spec: Any, acc: dict[str, Any], count: int | None, images: 
                   "about the trained model's accuracy**. It is not comparable with the published figure below.", ""]
     meaning = METRIC_MEANING.get(acc["metric"])
     lines += [f"How it is computed (protocol '{acc['protocol']}'): {meaning or acc['metric']}."
-              + (f" The figures equal {protocol_reference}." if protocol_reference else ""), ""]
+              + (f" The figures equal {protocol_reference}." if protocol_reference else "")
+              + (f" This protocol's exact rules: {rules}." if (rules := _voc07_rules(acc)) else ""), ""]
     lines += ["Per class:", "", metrics_table, ""]
     if stand_in and spec.task != "semantic-segmentation":
         lines += ["Why the per-class rows look odd: stand-in weights give every anchor a similar, meaningless "
