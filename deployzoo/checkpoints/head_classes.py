@@ -84,8 +84,13 @@ def infer_num_classes(tensors: Mapping[str, object], heads: tuple[HeadTensor, ..
     lines = []
     for key, shape, count, head in found:
         rule = f"dim {head.dim} = {head.per if head.per != 1 else ''}C{f' + {head.extra}' if head.extra else ''}"
-        implied = f"{count} classes" if count is not None else "no whole number of classes"
+        implied = f"{count} classes" if count is not None else "no class count of at least 1"
         lines.append(f"  - {key}  [{', '.join(map(str, shape))}]  ({rule}: {implied})")
-    raise CheckpointError(f"{source or 'checkpoint'}: the class-dependent head tensors disagree on the number of "
-                          f"classes ({', '.join(str(c) for c in sorted(counts, key=lambda c: (c is None, c or 0)))}):\n"
-                          + "\n".join(lines))
+    # "None" in the headline read as a count; say in words which shapes fit no count at all
+    known = ", ".join(str(c) for c in sorted(c for c in counts if c is not None))
+    if not known:
+        headline = "no class-dependent head tensor fits a class count of at least 1"
+    else:
+        headline = (f"the class-dependent head tensors disagree on the number of classes ({known}"
+                    + (", and shapes that fit no count" if None in counts else "") + ")")
+    raise CheckpointError(f"{source or 'checkpoint'}: {headline}:\n" + "\n".join(lines))
