@@ -124,7 +124,25 @@ def read_entry(folder: Path, stem: str) -> Entry | None:
         record = json.loads(_record_path(folder, stem).read_text())
     except (OSError, ValueError):
         return None
+    if not _well_formed(record):  # an edited or corrupt record is no record: the entry is rebuilt, not a traceback
+        return None
     return Entry(folder.name, stem, record, folder)
+
+
+def _well_formed(record: Any) -> bool:
+    """A record as ``cached`` writes it: ``files`` maps plain file names to an int ``size`` and a str
+    ``fingerprint``; ``fields`` and ``built``, when present, are objects."""
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or not record["files"]:
+        return False
+    for key in ("fields", "built"):
+        if key in record and not isinstance(record[key], dict):
+            return False
+    for name, info in record["files"].items():
+        if not name or Path(name).name != name or not isinstance(info, dict):
+            return False
+        if type(info.get("size")) is not int or not isinstance(info.get("fingerprint"), str):
+            return False
+    return True
 
 
 def cached(folder: str | Path, stem: str, suffixes: Iterable[str], build: Callable[[Path], None],

@@ -41,3 +41,19 @@ def test_cache_list_and_doctor_warn_about_a_file_in_place_of_the_cache(monkeypat
     from deployzoo import doctor
 
     assert "warning: the engine cache ($DEPLOYZOO_CACHE) is not a folder" in doctor.report()
+
+
+@pytest.mark.parametrize("record", ["[1, 2]", '{"files": []}', '{"files": {"x.onnx": {"size": "big", "fingerprint": "f"}}}',
+                                    '{"files": {"x.onnx": 5}}', '{"files": {"../x.onnx": {"size": 5, "fingerprint": "f"}}}',
+                                    '{"files": {"x.onnx": {"size": 5, "fingerprint": "f"}}, "fields": [1]}'])
+def test_a_malformed_record_is_rebuilt_not_a_traceback(monkeypatch, tmp_path, capsys, record):
+    monkeypatch.setenv("DEPLOYZOO_CACHE", str(tmp_path))
+    folder = cache.kind_dir("onnx")
+    cache.cached(folder, "x", [".onnx"], _build)
+    (folder / "x.entry.json").write_text(record)  # edited by hand, or a disk error
+    assert cache.entries() == [] and "(empty)" in cache.listing()
+    said = []
+    assert cache.cached(folder, "x", [".onnx"], _build, say=said.append).read_bytes() == b"graph"
+    assert "no complete record" in said[-1]
+    [entry] = cache.entries()
+    assert entry.problem() is None
