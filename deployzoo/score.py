@@ -458,13 +458,16 @@ def score_file(
     coco_evaluator: str = "pycocotools",
     class_names: Sequence[str] | None = None,
     annotation_file: str | Path | None = None,
+    eval_protocol: tuple[str, str] | None = None,
 ) -> tuple[Any, Scores, dict[str, Any]]:
     """``deployzoo score``: score the predictions file against the dataset at ``data`` (kind recognised from
     its layout unless ``kind`` is given) and write metrics.json (+ COCO results files) to ``out_dir``.
 
     Only the ground truth is read (annotations, label PNGs): image files are not needed. No model is built.
     ``class_names``: a VOC-format set's own classes (``--classes``); ``annotation_file``: a COCO file outside the
-    val2017 layout (``--annotations``; the kind is then COCO). Returns (task, scores, summary).
+    val2017 layout (``--annotations``; the kind is then COCO). ``eval_protocol``: (protocol, metric name) of the
+    eval run that wrote the file (:func:`eval_run_protocol`), used when ``protocol`` is None and it is one of this
+    task's protocols for the same metric. Returns (task, scores, summary).
     """
     from deployzoo.data.kinds import dataset_kind, task_for_kind
     from deployzoo.eval.coco_eval import check_evaluator
@@ -478,6 +481,9 @@ def score_file(
             # masks: box AP too, unless no record has a box (a segm results file, as eval writes it)
             iou_types = ("segm",) if not any("bbox" in r for r in raw) else ("bbox", "segm")
     task = task_for_kind(kind, data, iou_types=iou_types, class_names=class_names, annotation_file=annotation_file)
+    if (protocol is None and eval_protocol is not None and eval_protocol[1] == task.metric_name
+            and eval_protocol[0] in task.protocols):
+        protocol = eval_protocol[0]
     dataset = task.open(data)
     annotations, _ = task.load_ground_truth(dataset)
     preds, fmt = read_predictions(predictions, task, dataset, annotations)
@@ -489,6 +495,22 @@ def score_file(
     return task, scores, summary
 
 
+def eval_run_protocol(predictions: str | Path) -> tuple[str, str] | None:
+    """(protocol, metric name) from the ``metrics.json`` that ``deployzoo eval`` wrote beside ``predictions``
+    (its ``protocol`` and ``headline.metric``), or None. Without it, ``score`` on eval's own detections.json
+    used the task's first protocol (VOC: voc-devkit) while eval used the model's (RefineDet: refinedet-pytorch),
+    and printed another mAP than eval's with nothing said."""
+    path = Path(predictions).parent / "metrics.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("headline"), dict) or "model" not in saved:
+        return None
+    protocol, metric = saved.get("protocol"), saved["headline"].get("metric")
+    return (protocol, metric) if isinstance(protocol, str) and isinstance(metric, str) else None
+
+
 def run_score_command(args: Any) -> int:
     """``deployzoo score`` (deployzoo.cli): score, print the task's tables and the headline, write metrics.json."""
     predictions = Path(args.predictions)
@@ -497,7 +519,11 @@ def run_score_command(args: Any) -> int:
 
     task, scores, summary = score_file(args.data, predictions, out, protocol=args.protocol, kind=args.dataset,
                                        coco_evaluator=args.coco_evaluator, class_names=parse_classes(args.classes),
-                                       annotation_file=args.annotations)
+                                       annotation_file=args.annotations, eval_protocol=(
+                                           None if args.protocol else eval_run_protocol(predictions)))
+    if args.protocol is None and scores.protocol == (eval_run_protocol(predictions) or ("",))[0]:
+        print(f"protocol {scores.protocol}: the one the eval run used ({predictions.parent / 'metrics.json'}); "
+              f"--protocol chooses another")
     print(scores.metrics.table())
     evaluator = f", {scores.coco_evaluator}" if scores.coco_evaluator else ""
     from deployzoo.figures import headline_text
