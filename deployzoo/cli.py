@@ -383,7 +383,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # comparison (issue 18 item 2).
     if "stand-in" in str(fingerprint.get("weights", "")):
         print("  measured with stand-in weights: it says nothing about the trained model's accuracy")
-    print(f"published figure of the trained model: {spec.published.value} ({spec.published.source})")
+    print(f"published figure of the trained model: {spec.published.value} ({spec.published.source})"
+          if spec.published.value is not None else f"published figure: {spec.published.source}")
     from deployzoo.score import policy_lines
 
     for line in policy_lines(outcome.summary):  # skipped images: both figures, and not comparable

@@ -239,6 +239,7 @@ def with_classes(spec, setup: ClassSetup, categories: list[dict] | None = None, 
     evaluation that follow from them."""
     from deployzoo.tasks import custom
 
+    official_names = tuple(spec.class_names)
     if setup.num_classes != len(spec.class_names):
         if spec.class_variant is None:
             raise CheckpointError(f"{spec.name} has no variant for another class count ({setup.describe()})")
@@ -246,8 +247,15 @@ def with_classes(spec, setup: ClassSetup, categories: list[dict] | None = None, 
     category_ids = _category_ids(setup.names, categories, where)
     evaluation = custom.task_for_classes(spec.evaluation, setup.names,
                                          category_ids or tuple(range(1, setup.num_classes + 1)))
+    published = spec.published
+    if tuple(setup.names) != tuple(official_names) and published is not None and published.value is not None:
+        # the official checkpoint's figure is on the official classes: beside a fine-tuned model's mAP it read as
+        # a comparison (eval printed "published figure of the trained model: 79.81" for a 3-class model)
+        published = dataclasses.replace(published, value=None, source=(
+            f"a fine-tuned model on its own {setup.num_classes} classes has none; the official checkpoint's "
+            f"{published.value} is on the official classes ({published.source})"))
     return dataclasses.replace(spec, class_names=setup.names, class_names_source=setup.names_from,
-                               category_ids=category_ids, evaluation=evaluation)
+                               category_ids=category_ids, evaluation=evaluation, published=published)
 
 
 def spec_for(spec, checkpoint: str | Path | None = None, classes: str | Sequence[str] | None = None,

@@ -234,7 +234,8 @@ def accuracy_section(spec: Any, acc: dict[str, Any], count: int | None, images: 
                   "most classes have an IoU near 0. Trained weights do not do this.", ""]
     lines += ["### Published figure (for the trained model)", "",
               f"{acc['metric']} {acc['published']} ({acc['published_source']}). Reproduce it with the official "
-              "checkpoint and the real dataset.", ""]
+              "checkpoint and the real dataset." if acc["published"] is not None
+              else f"Not applicable: {acc['published_source']}.", ""]
     return lines
 
 
