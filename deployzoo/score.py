@@ -293,7 +293,8 @@ class _Images:
 
 def _load_json_list(path: Path) -> list:
     if not path.is_file():
-        raise BadInputError(path, "predictions file not found")
+        raise BadInputError(path, "is a folder, not a predictions file (give the .json inside it)" if path.is_dir()
+                            else "predictions file not found")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)  # NaN/Infinity parse here and are named per record below

@@ -49,3 +49,12 @@ def test_a_metrics_json_of_another_metric_or_no_eval_run_is_ignored(synthetic_vo
     assert _score(synthetic_voc, other, tmp_path / "a") == "voc-devkit"  # the task's first, as documented
     (tmp_path / "coco-run" / "metrics.json").write_text("[1, 2]")
     assert _score(synthetic_voc, other, tmp_path / "b") == "voc-devkit"
+
+
+def test_a_folder_as_predictions_and_a_file_as_data_are_named_as_such(synthetic_voc, tmp_path, capsys):
+    assert main(["score", "--data", str(synthetic_voc), "--predictions", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder, not a predictions file" in capsys.readouterr().err
+    file = tmp_path / "set.json"
+    file.write_text("[]")
+    assert main(["score", "--data", str(file), "--predictions", str(file)]) == 2
+    assert f"{file}: is a file, not a dataset directory" in capsys.readouterr().err

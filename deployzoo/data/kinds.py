@@ -46,7 +46,8 @@ def dataset_kind(root: str | Path) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise BadInputError(root, "dataset directory does not exist")
+        raise BadInputError(root, "is a file, not a dataset directory" if root.exists()
+                            else "dataset directory does not exist")
     found = []
     if _coco_splits(root):
         found.append("coco")
