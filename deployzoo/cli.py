@@ -980,6 +980,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished batches are kept; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `deployzoo cache list | head`: the reader left; no traceback (Python docs, signal)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        return 141
 
 
 if __name__ == "__main__":
