@@ -32,7 +32,7 @@ def test_run_writes_a_complete_report(tmp_path, capsys):
     measured = next(line for line in text.splitlines() if line.startswith("**Measured in this run"))
     assert "79.81" not in measured and "published" not in measured.lower()  # not on the published figure's line
     assert "says nothing about the trained model" in text
-    assert "How it is computed (protocol 'refinedet-pytorch')" in text and "IoU >= 0.5" in text
+    assert "How it is computed (protocol 'refinedet-pytorch')" in text and "IoU > 0.5 without +1 pixel areas" in text
     assert "Why the per-class rows look odd" in text
     assert "Real-data" not in text
     assert "What it means:" in text  # the end-to-end / pure ratio explained
