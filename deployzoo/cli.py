@@ -230,24 +230,14 @@ def _ray_address(text: str) -> str:
     return text
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, type=_ray_address, metavar="ADDRESS",
                    help="spread the images over a Ray cluster (pip install 'deployzoo[ray]'): 'local' (no ADDRESS) "
                         "starts one on this machine's CPUs; an address (auto, host:6379, ray://host:10001) joins one")
-    p.add_argument("--replicas", type=_at_least_one, default=None,
+    p.add_argument("--replicas", type=whole_number(1, "engine copies"), default=None,
                    help="--ray: engine copies (default: the cluster's CPUs // --threads-per-replica)")
-    p.add_argument("--threads-per-replica", type=_at_least_one, default=1, help="--ray: CPU threads per engine copy")
-    p.add_argument("--shard-images", type=_at_least_one, default=None,
+    p.add_argument("--threads-per-replica", type=whole_number(1, "threads"), default=1, help="--ray: CPU threads per engine copy")
+    p.add_argument("--shard-images", type=whole_number(1, "images"), default=None,
                    help="--ray: images per work shard, rounded up to whole batches (default: about 4 shards per "
                         "replica, at most 64 images)")
 
