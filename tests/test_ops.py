@@ -40,6 +40,45 @@ def test_greedy_nms_matches_the_literal_loop():
         assert greedy_nms(boxes, scores, 0.45, top_k).tolist() == _naive_nms(boxes, scores, 0.45, top_k)
 
 
+def _dense_nms(boxes, scores, thr, top_k):
+    """Every pair's suppression first (float32, the original's operation order), then one pass in score order."""
+    order = np.argsort(scores, kind="stable")[::-1][:top_k]
+    b = boxes[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    w = np.maximum(np.minimum(b[None, :, 2], b[:, None, 2]) - np.maximum(b[None, :, 0], b[:, None, 0]), np.float32(0))
+    h = np.maximum(np.minimum(b[None, :, 3], b[:, None, 3]) - np.maximum(b[None, :, 1], b[:, None, 1]), np.float32(0))
+    inter = w * h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        suppresses = ~(inter / ((area[None, :] - inter) + area[:, None]) <= thr)
+    alive = np.ones(order.size, bool)
+    for i in range(order.size):
+        if alive[i]:
+            alive[i + 1 :] &= ~suppresses[i, i + 1 :]
+    return order[alive].tolist()
+
+
+def test_greedy_nms_across_blocks_with_chains_ties_and_degenerate_boxes():
+    """Many blocks of candidates (1000, as with stand-in weights), clustered so that suppressions chain across
+    block boundaries, with tied scores, duplicated boxes and zero-area boxes (0/0 IoU suppresses)."""
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        n = int(rng.integers(130, 1500))
+        centres = rng.uniform(0, 1, (int(rng.integers(1, 30)), 2))
+        xy = (centres[rng.integers(0, len(centres), n)] + rng.normal(0, 0.02, (n, 2))).astype(np.float32)
+        wh = rng.uniform(0.01, 0.2, (n, 2)).astype(np.float32)
+        if trial % 3 == 0:
+            wh[rng.random(n) < 0.05] = 0
+        boxes = np.concatenate([xy, xy + wh], 1)
+        if trial % 2 == 0:
+            boxes[rng.integers(0, n, n // 5)] = boxes[rng.integers(0, n, n // 5)]
+        scores = np.round(rng.uniform(0, 1, n), 2).astype(np.float32)
+        for top_k in (1000, n):
+            assert greedy_nms(boxes, scores, 0.45, top_k).tolist() == _dense_nms(boxes, scores, 0.45, top_k)
+    boxes = np.concatenate([xy, xy + wh], 1)[:300]
+    scores = np.round(rng.uniform(0, 1, 300), 1).astype(np.float32)
+    assert greedy_nms(boxes, scores, 0.45, 300).tolist() == _naive_nms(boxes, scores, 0.45, 300)
+
+
 def test_nms_top_k_applies_before_suppression_and_ties_take_the_later_index():
     boxes = np.array([[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5]], np.float32)
     scores = np.array([0.5, 0.5, 0.1], np.float32)
