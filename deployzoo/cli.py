@@ -797,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end to end per image on real files (decode, preprocess, model, post-process), the engines of "
                         "--backends x --precisions interleaved, each against eager PyTorch fp32")
     p.add_argument("--backends", default="pytorch,onnxruntime,openvino", help="--e2e: comma-separated backends")
-    p.add_argument("--precisions", default="fp32", help="--e2e: comma-separated precisions (fp32, fp16, bf16)")
+    p.add_argument("--precisions", default="fp32", help="--e2e: comma-separated precisions (fp32, fp16, bf16, int8; int8 calibrates on generated images, said so)")
     p.add_argument("--images", nargs="+", help="--e2e: image files (default: generated images of the model's dataset)")
     p.add_argument("--num-images", type=int, default=4, help="--e2e: generated images when no --images")
     p.add_argument("--repeats", type=whole_number(1, "timed passes"), default=3,
