@@ -178,6 +178,7 @@ def evaluate_dataset(
     runner: Any = None,
     skip_nonfinite: bool | None = None,
     coco_evaluator: str = "pycocotools",
+    keep_inputs: bool = False,
 ) -> EvalOutcome:
     """Stream the task's split through ``infer``; write metrics.json and the results to ``out_dir``:
     detections.json (detection), or predictions.json + label_maps/*.png (segmentation), in the predictions
@@ -189,7 +190,8 @@ def evaluate_dataset(
     The split is checked first (``task.validate``; pass ``checked`` when the caller already did, before its
     expensive part), so a bad annotation or image file stops the run before any inference. ``runner``: what
     runs the images (default ``runner.run_dataset``; deployzoo.distributed.ray_eval.RayRunner: a Ray cluster,
-    writing the same result shards, so --resume works across both)."""
+    writing the same result shards, so --resume works across both). ``keep_inputs``: the run keeps the graph
+    inputs it fed (``DatasetRun.fed``, run_dataset's ``keep_inputs``) for a pure-inference replay."""
     task = spec.evaluation
     protocol = choose_protocol(task, protocol)  # refused (removed or unknown) before any inference
     out_dir = Path(out_dir)
@@ -210,7 +212,8 @@ def evaluate_dataset(
     run_images = runner or run_dataset
     run = run_images(items, spec.preprocess, infer, spec.make_postprocess(), batch_size, spec.make_feeds, store=store,
                       workers=workers, skip_bad=skip_bad, progress=progress, description=spec.name,
-                      batch_key=spec.batch_key, per_detection=spec.ranked_outputs, skip_nonfinite=skip_nonfinite)
+                      batch_key=spec.batch_key, per_detection=spec.ranked_outputs, skip_nonfinite=skip_nonfinite,
+                      **({"keep_inputs": True} if keep_inputs else {}))
     bad_images = {s["image_id"] for s in run.skipped}
     evaluated = {i: a for i, a in annotations.items() if i not in bad_images}
     if not evaluated:

@@ -158,6 +158,8 @@ def run_markdown(spec: Any, report: dict[str, Any], agreement_table: str, metric
                   "half the engine's speed, so the host work (or too few worker processes) is the bottleneck, not "
                   f"the model. Basis: {ratio.get('end_to_end_basis', 'the whole run, worker start-up not counted')}"
                   + (f"; pure inference timed on {ratio['pure_inputs']}" if ratio.get("pure_inputs") else "")
+                  + (f"; the ratio is the {ratio['ratio_basis']}: "
+                     + ", ".join(f"{r['ratio']:.2f}" for r in ratio["rounds"]) if ratio.get("rounds") else "")
                   + (f"; the whole run's wall-clock rate was {ratio['wall_images_per_s']:.2f} images/s"
                      if ratio.get("wall_images_per_s") else "") + ".", ""]
     lines += ["## Files written", ""]

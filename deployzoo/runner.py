@@ -112,7 +112,31 @@ class DatasetRun:
     timer: StageTimer
     resumed: int = 0  # images whose results came from an earlier, interrupted run
     computed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # figures for metrics.json (a Ray run's "ray")
+    # The graph inputs the engine was fed, for run's pure-inference replay; never written anywhere:
+    # "first_full_batch" (inputs), "batches" [(inputs, images)], "items", "batches_complete", "batch_bytes".
+    fed: dict[str, Any] = field(default_factory=dict)
+
+
+# ``run``'s pure-inference side replays the evaluation's own batches (bench.e2e_ratio.replay_pure): the graph
+# inputs of the first batches are kept, in order, up to this many bytes (a detector's time depends on each
+# image's size and content, so one batch does not stand for a set of differently sized images).
+REPLAY_BYTES = 512 * 2**20
+
+
+def _keep_for_replay(fed: dict[str, Any], inputs: dict[str, np.ndarray], images: int,
+                     items: Sequence[ImageItem] = ()) -> None:
+    """Append (inputs, images) to ``fed["batches"]`` while the kept inputs stay within REPLAY_BYTES; past it,
+    ``fed["batches_complete"]`` turns False and later batches are not kept. ``fed["items"]``: the kept batches'
+    images in feeding order (a second pass over them forms the same batches)."""
+    kept = fed.setdefault("batches", [])
+    size = sum(a.nbytes for a in inputs.values())
+    if not fed.setdefault("batches_complete", True) or fed.get("batch_bytes", 0) + size > REPLAY_BYTES:
+        fed["batches_complete"] = False
+        return
+    fed["batch_bytes"] = fed.get("batch_bytes", 0) + size
+    kept.append((inputs, images))
+    fed.setdefault("items", []).extend(items)  # the kept batches' images, in the order they were fed
 
 
 def run_dataset(
@@ -131,6 +155,7 @@ def run_dataset(
     per_detection: Sequence[str] = (),
     skip_nonfinite: bool | None = None,
     overlap: bool = True,
+    keep_inputs: bool = False,
 ) -> DatasetRun:
     """Run ``items`` through preprocess -> infer -> postprocess in batches of ``batch_size``.
 
@@ -146,6 +171,8 @@ def run_dataset(
     ``skip_bad``) is skipped and listed with its counts (``"non_finite"``).
     ``overlap``: post-process each batch in a thread while the next one is inferred (default); False runs
     every stage one after the other in this thread. Results, order, shards and errors are the same.
+    ``keep_inputs``: keep the graph inputs fed to the engine in ``DatasetRun.fed`` (the first full batch, and
+    every batch up to REPLAY_BYTES) for ``run``'s pure-inference replay.
     """
     skip_nonfinite = skip_bad if skip_nonfinite is None else skip_nonfinite
     source = getattr(infer, "source", "engine")  # what gave the outputs, for messages (dump_infer: the dumps)
@@ -159,6 +186,7 @@ def run_dataset(
     results = dict(done)
     timer = StageTimer()
     extra: dict[str, Any] = {}
+    fed: dict[str, Any] = {}
     batch: list[PreparedImage] = []
     batch_skipped: list[dict[str, str]] = []
 
@@ -207,11 +235,14 @@ def run_dataset(
         outputs = None
         if batch:
             inputs = collate([p.array for p in batch], [p.meta for p in batch], batch_size)
-            if len(batch) == batch_size and "first_full_batch" not in extra:
-                # The engine's inputs of real images: a pure-inference benchmark can time these very ones.
-                extra["first_full_batch"] = inputs
+            if keep_inputs:
+                if len(batch) == batch_size and "first_full_batch" not in fed:
+                    # The engine's inputs of real images: a pure-inference benchmark can time these very ones.
+                    fed["first_full_batch"] = inputs
+                _keep_for_replay(fed, inputs, len(batch), [ImageItem(p.image_id, p.path) for p in batch])
             with timer.stage("infer"):
                 outputs = infer(inputs, [p.image_id for p in batch])
+            timer.inferred()
         job = (list(batch), outputs, list(batch_skipped))
         batch.clear()
         batch_skipped.clear()
@@ -247,4 +278,4 @@ def run_dataset(
             bar.update(1)
         drain()
     bar.close()
-    return DatasetRun(results, skipped, timer, resumed=resumed, computed=timer.items, extra=extra)
+    return DatasetRun(results, skipped, timer, resumed=resumed, computed=timer.items, extra=extra, fed=fed)

@@ -1,4 +1,4 @@
-"""run's end-to-end / pure ratio: the steady rate, and pure inference timed on the run's own first batch."""
+"""run's end-to-end / pure ratio: the steady rate, and pure inference replayed on the run's own batches."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from deployzoo.bench.e2e_ratio import REAL_INPUTS, end_to_end_over_pure, pure_inputs_for
+from deployzoo import runner
+from deployzoo.bench.e2e_ratio import REAL_INPUTS, end_to_end_over_pure, pure_inputs_for, ratio_rounds, replay_pure
 from deployzoo.bench.pure import bench_pure
 from deployzoo.bench.timing import StageTimer
 from deployzoo.data.loader import ImageItem
@@ -90,7 +91,80 @@ def test_run_dataset_keeps_its_first_full_batch(refinedet_spec, synthetic_voc):
         return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
     run = run_dataset(items, refinedet_spec.preprocess, infer, post, 2, refinedet_spec.make_feeds, workers=0,
-                      progress=False)
-    first = run.extra["first_full_batch"]
+                      progress=False, keep_inputs=True)
+    first = run.fed["first_full_batch"]
     assert set(first) == set(seen[0]) and all(np.array_equal(first[k], seen[0][k]) for k in first)
     assert len(run.timer.finished) == 3 and run.timer.steady_rate()["images"] == 3
+    # every batch is kept for the replay, in order, with its real image count (the last one padded to 2)
+    kept = run.fed["batches"]
+    assert [n for _, n in kept] == [2, 2, 1] and run.fed["batches_complete"]
+    assert all(np.array_equal(inputs["image"], fed["image"]) for (inputs, _), fed in zip(kept, seen))
+    # only when asked: an evaluation of thousands of images keeps nothing
+    plain = run_dataset(items, refinedet_spec.preprocess, infer, post, 2, refinedet_spec.make_feeds, workers=0,
+                        progress=False)
+    assert plain.fed == {} and plain.extra == {}
+
+
+def test_run_dataset_stops_keeping_batches_past_the_byte_cap(refinedet_spec, synthetic_voc, monkeypatch):
+    dataset = refinedet_spec.evaluation.open(synthetic_voc)
+    items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[:5]]
+    one_batch = 2 * 3 * 320 * 320 * 4  # bytes of one batch of 2 RefineDet inputs
+    monkeypatch.setattr(runner, "REPLAY_BYTES", 2 * one_batch)
+
+    def infer(feeds, ids):
+        b = feeds["image"].shape[0]
+        return {"odm_loc": np.zeros((b, 6375, 4), np.float32), "odm_conf": np.zeros((b, 6375, 21), np.float32)}
+
+    def post(outputs, meta):
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    run = run_dataset(items, refinedet_spec.preprocess, infer, post, 2, refinedet_spec.make_feeds, workers=0,
+                      progress=False, keep_inputs=True)
+    assert [n for _, n in run.fed["batches"]] == [2, 2] and not run.fed["batches_complete"]
+
+
+def test_replay_times_each_batch_on_its_own_inputs():
+    """Batches of different sizes cost different times: the replay times each one, not the first for all."""
+    def infer(inputs):
+        time.sleep(inputs["image"].shape[-1] * 1e-4)  # 10 ms for the small batches, 40 ms for the large one
+
+    small, large = {"image": np.zeros((2, 3, 8, 100), np.float32)}, {"image": np.zeros((2, 3, 8, 400), np.float32)}
+    replay = replay_pure(infer, [(small, 2), (large, 2), (small, 1)], rounds=3)
+    assert replay["images"] == 3 and replay["batches"] == 2 and replay["rounds"] == 3
+    assert replay["seconds"] == pytest.approx(0.05, rel=0.5)
+    assert replay["images_per_s"] == pytest.approx(3 / replay["seconds"])
+    assert replay_pure(infer, [(small, 2)]) is None  # one batch: no steady rate to compare with either
+
+
+def test_ratio_with_a_replay_compares_the_same_batches():
+    timer = StageTimer(items=8, wall_s=3.0, finished=[(100.0, 2), (101.0, 2), (102.0, 2), (110.0, 2)])
+    replay = {"images_per_s": 2.5, "images": 4, "seconds": 1.6, "batches": 2, "rounds": 3}  # batches 2 and 3
+    ratio = end_to_end_over_pure(timer, [], 2, REAL_INPUTS, replay)
+    assert ratio["end_to_end_images_per_s"] == pytest.approx(2.0)  # 4 images in the 2 s after batch 1, not batch 4
+    assert ratio["ratio"] == pytest.approx(0.8) and "replayed" in ratio["pure_inputs"]
+    assert "(2 batches)" in ratio["end_to_end_basis"]
+
+
+def test_ratio_rounds_take_the_median_of_alternating_passes():
+    first = end_to_end_over_pure(StageTimer(finished=[(0.0, 2), (1.0, 2), (2.0, 2)]), [], 2, "",
+                                 {"images_per_s": 2.5, "images": 4, "seconds": 1.6, "batches": 2, "rounds": 3})
+    assert first["ratio"] == pytest.approx(0.8)
+    rounds = iter([(StageTimer(finished=[(0.0, 2), (1.0, 2), (2.0, 2)]), {"images_per_s": 2.0, "batches": 2}),
+                   (StageTimer(finished=[(0.0, 2), (0.5, 2), (1.0, 2)]), {"images_per_s": 2.0, "batches": 2})])
+    measured = ratio_rounds(first, lambda: next(rounds), rounds=3)
+    assert [r["ratio"] for r in measured["rounds"]] == pytest.approx([0.8, 1.0, 2.0])
+    assert measured["ratio"] == pytest.approx(1.0) and "median of 3 rounds" in measured["ratio_basis"]
+    # a ratio without a replay (the benchmark-cell basis) is left as it is: there is nothing to alternate with
+    plain = end_to_end_over_pure(StageTimer(finished=[(0.0, 2), (1.0, 2)]), [], 2, REAL_INPUTS)
+    assert ratio_rounds(plain, lambda: pytest.fail("no extra pass without a replay")) is plain
+
+
+def test_steady_rate_starts_where_the_first_inference_ended():
+    """With overlap the first batch's post-processing runs during the second inference: a window from the first
+    results would leave it out while keeping the last batch's, flattering a short run."""
+    timer = StageTimer(finished=[(10.0, 4), (11.0, 4), (12.0, 4)], first_inferred=9.5)
+    steady = timer.steady_rate()
+    assert steady["seconds"] == pytest.approx(2.5) and steady["images"] == 8
+    assert "end of the first batch's inference" in steady["basis"]
+    timer.inferred()
+    assert timer.first_inferred == 9.5  # only the first call marks

@@ -21,7 +21,9 @@ def test_run_writes_a_complete_report(tmp_path, capsys):
     assert 0.0 <= report["accuracy"]["value"] <= 100.0 and report["accuracy"]["published"] == 79.81
     assert [c["batch_size"] for c in report["pure_inference"]] == [1, 2]
     assert all(c["stats"]["throughput"] > 0 for c in report["pure_inference"])
-    assert report["end_to_end_over_pure"]["ratio"] > 0
+    assert report["end_to_end_over_pure"]["ratio"] > 0 and "replayed" in report["end_to_end_over_pure"]["pure_inputs"]
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert not {"first_full_batch", "batches"} & set(metrics)  # the fed inputs stay in memory, not in metrics.json
     text = (out / "report.md").read_text()
     assert text.index("stand-in weights") < text.index("## Accuracy")
     for section in ("## What this run did", "## Pictures", "## Accuracy", "### Published figure",

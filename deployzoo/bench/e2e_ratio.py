@@ -1,15 +1,21 @@
 """``run``'s end-to-end / pure-inference ratio, measured on the same images at the same batch.
 
-The pure-inference side times the engine on the graph inputs of the first full batch the evaluation ran
-(real images, preprocessed and collated exactly as the pipeline fed them), not on random inputs of another
-shape: a detector's time depends on its input's size and, through NMS and the mask head, on its content.
-The end-to-end side is the pipeline's steady rate (``StageTimer.steady_rate``): images finished after the
-first batch over the time between the first and the last batch's results, so worker start-up and the
-filling of the pipeline, which a long run amortises, are not counted. The whole run's wall-clock rate is
-kept beside it.
+The pure-inference side replays the evaluation's own batches (``replay_pure``): the engine that evaluated is
+timed again on the graph inputs the pipeline fed it, batch by batch (real images, preprocessed and collated as
+in the run), with nothing else running; a detector's time depends on each input's size and, through NMS and the
+mask head, on its content, so neither random inputs of another shape nor one batch standing for images of other
+sizes compare like with like (one batch did: PSPNet read 0.78 and Mask R-CNN 1.53 on 6 images of mixed sizes).
+The end-to-end side is the pipeline's steady rate (``StageTimer.steady_rate``) over the same batches: images
+finished after the first batch over the time between the first and the last batch's results, so worker
+start-up and the filling of the pipeline, which a long run amortises, are not counted. The whole run's
+wall-clock rate is kept beside it. Both sides move with the machine's speed (on a shared 2-core VM the same
+batch took 4.3 s in one minute and 6.2 s a few minutes later), so ``ratio_rounds`` alternates a pipeline pass and
+a replay over the same images and reports the median of the rounds' ratios. With fewer than two batches kept, the benchmark cell nearest the evaluation
+batch stands in, timed on the first full batch (``pure_inputs_for``), and the report says so.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,7 +30,7 @@ def pure_inputs_for(sample: dict[str, np.ndarray] | None,
                     fallback: Callable[[int], dict[str, np.ndarray]]) -> tuple[Callable[[int], dict[str, np.ndarray]], str]:
     """``inputs_for(batch)`` for ``bench_sweep`` and what it gives, in words.
 
-    ``sample``: graph inputs whose dim 0 is the batch (``DatasetRun.extra["first_full_batch"]``); a batch
+    ``sample``: graph inputs whose dim 0 is the batch (``DatasetRun.fed["first_full_batch"]``); a batch
     size other than the sample's takes its first images, or repeats them in order to fill a larger one.
     Without a sample (fewer images than the batch, every image resumed from an earlier run, or a runner that
     keeps none), ``fallback`` (the model's example inputs), said so.
@@ -41,15 +47,56 @@ def pure_inputs_for(sample: dict[str, np.ndarray] | None,
     return inputs_for, REAL_INPUTS
 
 
+REPLAYED = ("the evaluation's own batches replayed on the engine that ran them, nothing else running (batches "
+            "after the first, each batch's median over {rounds} rounds after one warm-up call)")
+
+
+def replay_pure(infer: Callable[[dict[str, np.ndarray]], Any], batches: Sequence[tuple[dict[str, np.ndarray], int]],
+                rounds: int = 3) -> dict[str, Any] | None:
+    """Pure-inference throughput (images/s) on the evaluation's own batches, the counterpart of the steady rate.
+
+    ``batches``: (graph inputs, images in the batch) in the order the run inferred them
+    (``DatasetRun.fed["batches"]``). One warm-up call on the first batch, then ``rounds`` passes over the
+    batches after the first; a batch's time is its median over the passes. Returns {"images_per_s", "images",
+    "seconds", "batches", "rounds"}, or None with fewer than two batches.
+    """
+    if len(batches) < 2:
+        return None
+    infer(batches[0][0])
+    times: list[list[float]] = [[] for _ in batches[1:]]
+    for _ in range(rounds):
+        for k, (inputs, _) in enumerate(batches[1:]):
+            t0 = time.perf_counter()
+            infer(inputs)
+            times[k].append(time.perf_counter() - t0)
+    seconds = float(sum(np.median(t) for t in times))
+    images = sum(n for _, n in batches[1:])
+    return {"images_per_s": images / seconds, "images": images, "seconds": seconds, "batches": len(batches) - 1,
+            "rounds": rounds}
+
+
 def end_to_end_over_pure(timer: StageTimer, bench: Sequence[PureBenchResult], eval_batch: int,
-                         pure_inputs: str) -> dict[str, Any]:
+                         pure_inputs: str, replay: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ratio and its parts (report.json ``end_to_end_over_pure``); ``ratio`` None when either side is missing.
 
-    End to end: the steady rate when at least two batches finished, else the whole run's wall-clock rate
-    (``end_to_end_basis`` says which). Pure: the benchmark cell nearest ``eval_batch`` (the larger on a tie).
+    With ``replay`` (``replay_pure`` over the first ``replay["batches"] + 1`` batches of the run): end to end is the
+    steady rate over those same batches, pure is the replay. Without it, end to end is the steady rate when at
+    least two batches finished, else the whole run's wall-clock rate (``end_to_end_basis`` says which), and pure
+    is the benchmark cell nearest ``eval_batch`` (the larger on a tie), timed on ``pure_inputs``.
     """
     wall = next((r["images_per_s"] for r in timer.rows() if r["stage"] == "end to end"), None)
-    steady = timer.steady_rate()
+    steady = timer.steady_rate(None if replay is None else replay["batches"] + 1)
+    if replay is not None and steady is not None:
+        return {
+            "ratio": steady["images_per_s"] / replay["images_per_s"],
+            "end_to_end_images_per_s": steady["images_per_s"],
+            "end_to_end_basis": f"steady rate: {steady['basis']} ({steady['batches']} batches)",
+            "wall_images_per_s": wall,
+            "pure_images_per_s": replay["images_per_s"],
+            "pure_batch": eval_batch,
+            "pure_inputs": REPLAYED.format(rounds=replay["rounds"]),
+            "eval_batch": eval_batch,
+        }
     if steady is not None:
         end_to_end, basis = steady["images_per_s"], f"steady rate: {steady['basis']} ({steady['batches']} batches)"
     else:
@@ -67,3 +114,29 @@ def end_to_end_over_pure(timer: StageTimer, bench: Sequence[PureBenchResult], ev
         "pure_inputs": pure_inputs,
         "eval_batch": eval_batch,
     }
+
+
+def ratio_rounds(first: dict[str, Any], again: Callable[[], tuple[StageTimer, dict[str, Any] | None]],
+                 rounds: int = 3) -> dict[str, Any]:
+    """The end-to-end/pure ratio as the median of ``rounds`` alternating measurements.
+
+    ``first``: ``end_to_end_over_pure`` of the evaluation pass (with its replay), round 1. ``again()`` runs one
+    more pipeline pass over the same images and then its replay, returning (the pass's timer, ``replay_pure``);
+    each such round's ratio is its steady rate over its own replay, measured a moment apart. The result is
+    ``first`` with ``ratio`` the median over the rounds that gave one, and ``rounds`` each round's figures.
+    """
+    if first.get("ratio") is None or "replayed" not in first.get("pure_inputs", ""):
+        return first
+    figures = [{"end_to_end_images_per_s": first["end_to_end_images_per_s"],
+                "pure_images_per_s": first["pure_images_per_s"], "ratio": first["ratio"]}]
+    for _ in range(rounds - 1):
+        timer, replay = again()
+        steady = timer.steady_rate(None if replay is None else replay["batches"] + 1)
+        if replay is None or steady is None:
+            continue
+        figures.append({"end_to_end_images_per_s": steady["images_per_s"], "pure_images_per_s": replay["images_per_s"],
+                        "ratio": steady["images_per_s"] / replay["images_per_s"]})
+    ratios = [f["ratio"] for f in figures]
+    return first | {"ratio": float(np.median(ratios)), "rounds": figures,
+                    "ratio_basis": f"median of {len(figures)} rounds, each a pipeline pass then the replay of its "
+                                   "batches (round 1: the evaluation itself)"}

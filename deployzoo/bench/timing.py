@@ -138,6 +138,8 @@ class StageTimer:
     _t0: float | None = field(default=None, repr=False)
     # (perf_counter, images) at each ``count``: when each batch's results were finished, for ``steady_rate``.
     finished: list[tuple[float, int]] = field(default_factory=list, repr=False)
+    # perf_counter when the first batch's inference ended (``inferred()``), where ``steady_rate`` starts.
+    first_inferred: float | None = field(default=None, repr=False)
 
     def add(self, stage: str, seconds: float) -> None:
         """Add ``seconds`` of wall time to ``stage`` (created on first use)."""
@@ -157,20 +159,31 @@ class StageTimer:
         self.items += int(n)
         self.finished.append((time.perf_counter(), int(n)))
 
-    def steady_rate(self) -> dict[str, Any] | None:
-        """The pipeline's steady throughput: images finished after the first batch over the time from the first
-        batch's results to the last one's (the interval between results, as for any pipeline's throughput), so
-        neither filling the pipeline (the first batch read and preprocessed with nothing to overlap) nor
-        worker start-up is counted. None with fewer than two finished batches."""
-        if len(self.finished) < 2:
+    def inferred(self) -> None:
+        """Mark the end of the first batch's inference (later calls change nothing)."""
+        if self.first_inferred is None:
+            self.first_inferred = time.perf_counter()
+
+    def steady_rate(self, batches: int | None = None) -> dict[str, Any] | None:
+        """The pipeline's steady throughput: images finished after the first batch over the time from the end of
+        the first batch's inference (``inferred()``; without it, the first batch's results) to the last batch's
+        results, so neither filling the pipeline (the first batch read and preprocessed with nothing to overlap)
+        nor worker start-up is counted. Starting at the first inference's end rather than at the first results
+        keeps the window from flattering a short run: the first batch's post-processing, which overlaps the
+        second batch's inference, would otherwise be cut from the window while the last batch's is in it.
+        ``batches``: only the first that many finished batches. None with fewer than two finished batches."""
+        finished = self.finished if batches is None else self.finished[:batches]
+        if len(finished) < 2:
             return None
-        seconds = self.finished[-1][0] - self.finished[0][0]
-        images = sum(n for _, n in self.finished[1:])
+        start = self.first_inferred if self.first_inferred is not None else finished[0][0]
+        seconds = finished[-1][0] - start
+        images = sum(n for _, n in finished[1:])
         if seconds <= 0 or images <= 0:
             return None
         return {"images_per_s": images / seconds, "images": images, "seconds": seconds,
-                "batches": len(self.finished) - 1,
-                "basis": "images finished after the first batch / seconds from the first batch's results to the last"}
+                "batches": len(finished) - 1,
+                "basis": "images finished after the first batch / seconds from the end of the first batch's "
+                         + ("inference" if self.first_inferred is not None else "results") + " to the last results"}
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
@@ -239,7 +252,8 @@ class StageTimer:
         steady = self.steady_rate()
         if steady is not None:
             note += (f"; steady rate {steady['images_per_s']:.2f} images/s ({steady['images']} images finished in "
-                     f"{steady['seconds']:.2f} s after the first batch's results)")
+                     f"{steady['seconds']:.2f} s after the first batch's "
+                     + ("inference" if self.first_inferred is not None else "results") + ")")
         lines.append(note + ".")
         return "\n".join(lines)
 
