@@ -724,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unusable images with a warning (counted) instead of stopping before the run")
     p.set_defaults(positional_list="images")  # images may come before, between or after options
-    p.add_argument("--score-thr", type=finite_number("--score-thr"), default=0.0,
+    p.add_argument("--score-thr", type=finite_number("--score-thr (a score in [0, 1])", 0.0, 1.0), default=0.0,
                    help="keep detections scoring at least this in predictions.json (default 0: all); a filter on "
                         "the model's output (its own threshold: --test-score-thr)")
     p.add_argument("--max-dets", type=whole_number(1, "detections"), default=None,
@@ -734,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", action=argparse.BooleanOptionalAction, default=True,
                    help="write DIR/pictures/<name>.png per input: boxes, class names, scores, masks, or the label "
                         "map with a legend, at the image's own size (default: on; --no-draw skips it)")
-    p.add_argument("--draw-thr", type=finite_number("--draw-thr"), default=0.3,
+    p.add_argument("--draw-thr", type=finite_number("--draw-thr (a score in [0, 1])", 0.0, 1.0), default=0.3,
                    help="pictures show detections scoring at least this (default 0.3; when none does, the 5 best, "
                         "said so on the picture); predictions.json keeps --score-thr")
     p.set_defaults(func=cmd_predict)
@@ -751,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip unusable images/annotations with a warning")
     p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1,
                    help="preprocessing processes (0 = in the main process)")
-    p.add_argument("--limit", type=int, help="only the first N images of the split")
+    p.add_argument("--limit", type=whole_number(1, "images"), help="only the first N images of the split")
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
     _add_ray_args(p)
     p.add_argument("--pictures", type=whole_number(0, "pictures"), default=3, metavar="N",
@@ -799,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="pytorch,onnxruntime,openvino", help="--e2e: comma-separated backends")
     p.add_argument("--precisions", default="fp32", help="--e2e: comma-separated precisions (fp32, fp16, bf16, int8; int8 calibrates on generated images, said so)")
     p.add_argument("--images", nargs="+", help="--e2e: image files (default: generated images of the model's dataset)")
-    p.add_argument("--num-images", type=int, default=4, help="--e2e: generated images when no --images")
+    p.add_argument("--num-images", type=whole_number(1, "images"), default=4, help="--e2e: generated images when no --images")
     p.add_argument("--repeats", type=whole_number(1, "timed passes"), default=3,
                    help="--e2e: interleaved timed passes per engine")
     _add_precision_args(p)
@@ -809,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     p.add_argument("--images", nargs="+", help="image files (default: the first --num-images of --data)")
     p.add_argument("--data", help="dataset root whose first --num-images images are compared")
-    p.add_argument("--num-images", type=int, default=4, help="images compared when none are listed (default 4)")
+    p.add_argument("--num-images", type=whole_number(1, "images"), default=4, help="images compared when none are listed (default 4)")
     p.add_argument("--batch", type=_batch_size, default=1, help="the engine's batch size (default 1)")
     p.add_argument("--out", help="results folder for compare.json (default runs/compare-MODEL-BACKEND-PRECISION)")
     p.add_argument("--draw", choices=["differ", "all", "none"], default="differ",
@@ -823,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="registry name: its preprocessing is applied")
     q.add_argument("images", nargs="*", help="image files (or --data)")
     q.add_argument("--data", help="dataset root: its split's images, named as `eval --dumps` expects")
-    q.add_argument("--limit", type=int, help="only the first N images of --data's split")
+    q.add_argument("--limit", type=whole_number(1, "images"), help="only the first N images of --data's split")
     q.add_argument("--workers", type=whole_number(0, "worker processes"), default=0,
                    help="preprocessing processes (0 = in the main process)")
     q.add_argument("--out", required=True, help="folder for the .bin files, input.info and images.info")
@@ -832,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="registry name: the dataset layout and classes are its dataset's")
     q.add_argument("--out", required=True, help="folder the dataset is written to")
     q.add_argument("--num-images", type=whole_number(1, "images"), default=16, help="images to generate (default 16)")
-    q.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same files")
+    q.add_argument("--seed", type=whole_number(0, "--seed"), default=0, help="random seed: the same seed gives the same files")
     q.set_defaults(func=cmd_data)
 
     p = command(sub, "matrix", help="benchmark models x backends x precisions x batch sizes; resumable")
@@ -873,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder: report.md, report.json, eval/, bench.*")
     p.add_argument("--batch", type=_batch_list, default=None, help="batch sizes to benchmark (default: the model's)")
     p.add_argument("--eval-batch", type=_batch_size, default=None, help="batch size of the evaluation (default: the model's)")
-    p.add_argument("--num-images", type=int, default=None, help="synthetic images when no --data")
+    p.add_argument("--num-images", type=whole_number(1, "images"), default=None, help="synthetic images when no --data")
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
     p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=None,
                    help="minimum duration of each benchmark cell")

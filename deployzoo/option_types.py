@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 
 def whole_number(minimum: int, what: str) -> Callable[[str], int]:
-    """A parser for an int of at least ``minimum``; ``what`` says what the number counts ("detections")."""
+    """A parser for an int of at least ``minimum``; ``what`` says what the number counts ("detections"), or is the
+    option's name ("--seed") for a number that counts nothing."""
 
     def parse(text: str) -> int:
         try:
@@ -21,14 +22,15 @@ def whole_number(minimum: int, what: str) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number of {what}, got '{text}'") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"the number of {what} must be at least {minimum}, got {value}")
+            subject = what if what.startswith("--") else f"the number of {what}"  # an option name, or what it counts
+            raise argparse.ArgumentTypeError(f"{subject} must be at least {minimum}, got {value}")
         return value
 
     parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in some messages
     return parse
 
 
-def finite_number(what: str, minimum: float | None = None) -> Callable[[str], float]:
+def finite_number(what: str, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
     """A parser for a finite float (no nan/inf), at least ``minimum`` when given."""
 
     def parse(text: str) -> float:
@@ -40,6 +42,8 @@ def finite_number(what: str, minimum: float | None = None) -> Callable[[str], fl
             raise argparse.ArgumentTypeError(f"{what} must be a finite number, got '{text}'")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"{what} must be at least {minimum:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{what} must be at most {maximum:g}, got {value:g}")
         return value
 
     parse.__name__ = "finite number"

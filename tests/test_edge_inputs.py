@@ -109,6 +109,15 @@ _OUT_OF_RANGE = [
     (["matrix", "--out", "m"], "--cell-timeout", "0"),
     (["run", REFINEDET, "--out", "r"], "--workers", "-1"),
     (["run", REFINEDET, "--out", "r"], "--min-seconds", "nan"),
+    (["run", REFINEDET, "--out", "r"], "--num-images", "0"),
+    (["predict", REFINEDET, "--out", "o", "x.png"], "--draw-thr", "1.5"),
+    (["predict", REFINEDET, "--out", "o", "x.png"], "--score-thr", "-0.1"),
+    (["bench", REFINEDET, "--e2e"], "--num-images", "0"),
+    (["compare", REFINEDET], "--num-images", "-1"),
+    (["eval", REFINEDET, "--data", "d"], "--limit", "0"),
+    (["eval", REFINEDET, "--data", "d"], "--replicas", "0"),
+    (["data", "to-bin", REFINEDET, "--out", "b", "--data", "d"], "--limit", "0"),
+    (["data", "synthetic", REFINEDET, "--out", "s"], "--seed", "-1"),
 ]
 
 
@@ -129,6 +138,7 @@ def test_in_range_values_still_parse():
 
     assert whole_number(0, "threads")("0") == 0 and whole_number(1, "images")("7") == 7
     assert finite_number("--score-thr")("-0.5") == -0.5 and finite_number("--min-seconds", 0)("0") == 0.0
+    assert finite_number("--draw-thr", 0.0, 1.0)("1") == 1.0
 
 
 def test_detections_top_refuses_a_negative_count_and_a_nan_threshold():
