@@ -139,4 +139,4 @@ def ratio_rounds(first: dict[str, Any], again: Callable[[], tuple[StageTimer, di
     ratios = [f["ratio"] for f in figures]
     return first | {"ratio": float(np.median(ratios)), "rounds": figures,
                     "ratio_basis": f"median of {len(figures)} rounds, each a pipeline pass then the replay of its "
-                                   "batches (round 1: the evaluation itself)"}
+                                   "batches (round 1: the evaluation's own pass, or a first pass over 4 batches when it resumed every image)"}
