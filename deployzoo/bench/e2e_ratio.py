@@ -6,12 +6,13 @@ in the run), with nothing else running; a detector's time depends on each input'
 mask head, on its content, so neither random inputs of another shape nor one batch standing for images of other
 sizes compare like with like (one batch did: PSPNet read 0.78 and Mask R-CNN 1.53 on 6 images of mixed sizes).
 The end-to-end side is the pipeline's steady rate (``StageTimer.steady_rate``) over the same batches: images
-finished after the first batch over the time between the first and the last batch's results, so worker
-start-up and the filling of the pipeline, which a long run amortises, are not counted. The whole run's
-wall-clock rate is kept beside it. Both sides move with the machine's speed (on a shared 2-core VM the same
-batch took 4.3 s in one minute and 6.2 s a few minutes later), so ``ratio_rounds`` alternates a pipeline pass and
-a replay over the same images and reports the median of the rounds' ratios. With fewer than two batches kept, the benchmark cell nearest the evaluation
-batch stands in, timed on the first full batch (``pure_inputs_for``), and the report says so.
+finished after the first batch over the time from the end of the first batch's inference to the last batch's
+results, so worker start-up and the filling of the pipeline, which a long run amortises, are not counted. The
+whole run's wall-clock rate is kept beside it. Both sides move with the machine's speed (on a shared 2-core VM
+the same batch took 4.3 s in one minute and 6.2 s a few minutes later), so ``ratio_rounds`` alternates a
+pipeline pass and a replay over the same images and reports the median of the rounds' ratios. With fewer than
+two batches kept, the benchmark cell nearest the evaluation batch stands in, timed on the first full batch
+(``pure_inputs_for``), and the report says so.
 """
 from __future__ import annotations
 
@@ -139,4 +140,5 @@ def ratio_rounds(first: dict[str, Any], again: Callable[[], tuple[StageTimer, di
     ratios = [f["ratio"] for f in figures]
     return first | {"ratio": float(np.median(ratios)), "rounds": figures,
                     "ratio_basis": f"median of {len(figures)} rounds, each a pipeline pass then the replay of its "
-                                   "batches (round 1: the evaluation's own pass, or a first pass over 4 batches when it resumed every image)"}
+                                   "batches (round 1: the evaluation's own pass, or a first pass over 4 batches "
+                                   "when it resumed every image)"}
