@@ -23,17 +23,19 @@ def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_
     # Blocks of _BLOCK boxes in score order. A block's rows are its boxes still alive after the earlier blocks'
     # kept boxes, its columns every alive box from the block on: suppressed boxes get no row and dead boxes no
     # column: with stand-in weights about half the pairs of the full upper triangle are computed.
-    for first in range(0, order.size, _BLOCK):
-        rows = first + np.flatnonzero(alive[first : first + _BLOCK])
-        if rows.size == 0:
-            continue
-        cols = first + np.flatnonzero(alive[first:])  # starts with ``rows`` itself
-        suppresses = _suppressions(x1, y1, x2, y2, area, rows, cols, iou_threshold)
-        kept = _greedy_within(np.triu(suppresses[:, : rows.size], 1))
-        alive[rows[~kept]] = False
-        later = cols[rows.size :]
-        if later.size:
-            alive[later[np.any(suppresses[kept, rows.size :], axis=0)]] = False
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 IoUs are meant (they suppress), once for all blocks
+        for first in range(0, order.size, _BLOCK):
+            rows = first + np.flatnonzero(alive[first : first + _BLOCK])
+            if rows.size == 0:
+                continue
+            cols = first + np.flatnonzero(alive[first:])  # starts with ``rows`` itself
+            suppresses = _suppressions(x1, y1, x2, y2, area, rows, cols, iou_threshold)
+            # rows keep their score order, so "i before j" is the strict upper triangle of the block's own square
+            kept = _greedy_within(suppresses[:, : rows.size] & _LATER[: rows.size, : rows.size])
+            alive[rows[~kept]] = False
+            later = cols[rows.size :]
+            if later.size:
+                alive[later[np.any(suppresses[kept, rows.size :], axis=0)]] = False
     return order[np.flatnonzero(alive)]
 
 
@@ -54,6 +56,7 @@ def _descending(scores: np.ndarray, top_k: int | None) -> np.ndarray:
 # Rows per block: measured 64-256 within noise of each other on stand-in RefineDet outputs (1000 candidates a class);
 # a block of rows over all columns stays within a few MB of temporaries.
 _BLOCK = 128
+_LATER = np.triu(np.ones((_BLOCK, _BLOCK), dtype=bool), 1)  # [i, j]: j comes after i
 
 
 def _greedy_within(suppresses: np.ndarray) -> np.ndarray:
@@ -89,6 +92,5 @@ def _suppressions(x1, y1, x2, y2, area, rows: np.ndarray, cols: np.ndarray, iou_
     inter *= h
     union = ca - inter
     union += ra
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(inter, union, out=inter)
+    np.divide(inter, union, out=inter)  # under the caller's errstate
     return ~(inter <= iou_threshold)
