@@ -77,6 +77,16 @@ def test_ratio_uses_the_steady_rate_and_names_its_basis():
     assert end_to_end_over_pure(one, [], 2, REAL_INPUTS)["ratio"] is None
 
 
+def _zero_outputs(feeds, ids):
+    """A RefineDet-shaped engine that outputs zeros (what the runner does around it is under test)."""
+    b = feeds["image"].shape[0]
+    return {"odm_loc": np.zeros((b, 6375, 4), np.float32), "odm_conf": np.zeros((b, 6375, 21), np.float32)}
+
+
+def _no_detections(outputs, meta):
+    return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
 def test_run_dataset_keeps_its_first_full_batch(refinedet_spec, synthetic_voc):
     dataset = refinedet_spec.evaluation.open(synthetic_voc)
     items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[:5]]
@@ -84,13 +94,9 @@ def test_run_dataset_keeps_its_first_full_batch(refinedet_spec, synthetic_voc):
 
     def infer(feeds, ids):
         seen.append({k: v.copy() for k, v in feeds.items()})
-        b = feeds["image"].shape[0]
-        return {"odm_loc": np.zeros((b, 6375, 4), np.float32), "odm_conf": np.zeros((b, 6375, 21), np.float32)}
+        return _zero_outputs(feeds, ids)
 
-    def post(outputs, meta):
-        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-
-    run = run_dataset(items, refinedet_spec.preprocess, infer, post, 2, refinedet_spec.make_feeds, workers=0,
+    run = run_dataset(items, refinedet_spec.preprocess, infer, _no_detections, 2, refinedet_spec.make_feeds, workers=0,
                       progress=False, keep_inputs=True)
     first = run.fed["first_full_batch"]
     assert set(first) == set(seen[0]) and all(np.array_equal(first[k], seen[0][k]) for k in first)
@@ -100,7 +106,7 @@ def test_run_dataset_keeps_its_first_full_batch(refinedet_spec, synthetic_voc):
     assert [n for _, n in kept] == [2, 2, 1] and run.fed["batches_complete"]
     assert all(np.array_equal(inputs["image"], fed["image"]) for (inputs, _), fed in zip(kept, seen))
     # only when asked: an evaluation of thousands of images keeps nothing
-    plain = run_dataset(items, refinedet_spec.preprocess, infer, post, 2, refinedet_spec.make_feeds, workers=0,
+    plain = run_dataset(items, refinedet_spec.preprocess, infer, _no_detections, 2, refinedet_spec.make_feeds, workers=0,
                         progress=False)
     assert plain.fed == {} and plain.extra == {}
 
@@ -110,15 +116,7 @@ def test_run_dataset_stops_keeping_batches_past_the_byte_cap(refinedet_spec, syn
     items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[:5]]
     one_batch = 2 * 3 * 320 * 320 * 4  # bytes of one batch of 2 RefineDet inputs
     monkeypatch.setattr(runner, "REPLAY_BYTES", 2 * one_batch)
-
-    def infer(feeds, ids):
-        b = feeds["image"].shape[0]
-        return {"odm_loc": np.zeros((b, 6375, 4), np.float32), "odm_conf": np.zeros((b, 6375, 21), np.float32)}
-
-    def post(outputs, meta):
-        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-
-    run = run_dataset(items, refinedet_spec.preprocess, infer, post, 2, refinedet_spec.make_feeds, workers=0,
+    run = run_dataset(items, refinedet_spec.preprocess, _zero_outputs, _no_detections, 2, refinedet_spec.make_feeds, workers=0,
                       progress=False, keep_inputs=True)
     assert [n for _, n in run.fed["batches"]] == [2, 2] and not run.fed["batches_complete"]
 
