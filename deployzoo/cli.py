@@ -8,7 +8,7 @@ from pathlib import Path
 from deployzoo.backends import BACKENDS
 from deployzoo.errors import DeployzooError
 from deployzoo.figures import headline_text
-from deployzoo.option_types import finite_number, whole_number
+from deployzoo.option_types import MAX_GENERATED_IMAGES, MAX_THREADS, MAX_WORKERS, finite_number, whole_number
 from deployzoo.precision import CHOICES as PRECISION_CHOICES
 
 
@@ -37,7 +37,7 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     p.add_argument("--onnx", help="run this exported .onnx instead of exporting one")
     p.add_argument("--backend", default=backend_default, choices=list(BACKENDS),
                    help=f"engine to run (default {backend_default}); ONNX backends use the engine cache's export")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+    p.add_argument("--threads", type=whole_number(0, "threads", MAX_THREADS), default=0,
                    help="intra-op threads (0 = backend default)")
     _add_precision_args(p)
 
@@ -47,7 +47,7 @@ def _add_precision_args(p: argparse.ArgumentParser) -> None:
                    help="fp16/bf16/int8 engines are checked by the accuracy guard (metric vs fp32 on a sample, "
                         "delta reported); auto measures each precision's speed and guard here, keeps the fastest "
                         "whose guard holds and prints the table")
-    p.add_argument("--guard-images", type=whole_number(1, "images"), default=8,
+    p.add_argument("--guard-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=8,
                    help="images the accuracy guard evaluates")
     p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5,
                    help="largest metric drop (points) the guard allows")
@@ -56,7 +56,7 @@ def _add_precision_args(p: argparse.ArgumentParser) -> None:
                    help="the candidates --precision auto measures (default: all the backend offers here)")
     p.add_argument("--calibration-data", help="int8 calibration dataset (default: the command's --data, else a "
                                               "generated synthetic set, which it says)")
-    p.add_argument("--calibration-images", type=whole_number(1, "images"), default=16,
+    p.add_argument("--calibration-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=16,
                    help="images int8 calibration uses (the first N)")
 
 
@@ -749,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "refinedet-pytorch, detectron2 or mmdet (README 'VOC07 protocols'); COCO: standard")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--skip-bad", action="store_true", help="skip unusable images/annotations with a warning")
-    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1,
+    p.add_argument("--workers", type=whole_number(0, "worker processes", MAX_WORKERS), default=1,
                    help="preprocessing processes (0 = in the main process)")
     p.add_argument("--limit", type=whole_number(1, "images"), help="only the first N images of the split")
     p.add_argument("--dumps", help="evaluate the vendor tool's output dumps (<image>_<k>.bin) in this directory")
@@ -786,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=10,
                    help="at least this many timed iterations")
     p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=5.0, help="and at least this long")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+    p.add_argument("--threads", type=whole_number(0, "threads", MAX_THREADS), default=0,
                    help="intra-op threads (0 = backend default)")
     p.add_argument("--out", help="results folder for the JSON and CSV (default runs/bench)")
     p.add_argument("--data", help="dataset for the accuracy guard (fp16, bf16, auto)")
@@ -799,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="pytorch,onnxruntime,openvino", help="--e2e: comma-separated backends")
     p.add_argument("--precisions", default="fp32", help="--e2e: comma-separated precisions (fp32, fp16, bf16, int8; int8 calibrates on generated images, said so)")
     p.add_argument("--images", nargs="+", help="--e2e: image files (default: generated images of the model's dataset)")
-    p.add_argument("--num-images", type=whole_number(1, "images"), default=4, help="--e2e: generated images when no --images")
+    p.add_argument("--num-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=4, help="--e2e: generated images when no --images")
     p.add_argument("--repeats", type=whole_number(1, "timed passes"), default=3,
                    help="--e2e: interleaved timed passes per engine")
     _add_precision_args(p)
@@ -809,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     p.add_argument("--images", nargs="+", help="image files (default: the first --num-images of --data)")
     p.add_argument("--data", help="dataset root whose first --num-images images are compared")
-    p.add_argument("--num-images", type=whole_number(1, "images"), default=4, help="images compared when none are listed (default 4)")
+    p.add_argument("--num-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=4, help="images compared when none are listed (default 4)")
     p.add_argument("--batch", type=_batch_size, default=1, help="the engine's batch size (default 1)")
     p.add_argument("--out", help="results folder for compare.json (default runs/compare-MODEL-BACKEND-PRECISION)")
     p.add_argument("--draw", choices=["differ", "all", "none"], default="differ",
@@ -824,14 +824,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("images", nargs="*", help="image files (or --data)")
     q.add_argument("--data", help="dataset root: its split's images, named as `eval --dumps` expects")
     q.add_argument("--limit", type=whole_number(1, "images"), help="only the first N images of --data's split")
-    q.add_argument("--workers", type=whole_number(0, "worker processes"), default=0,
+    q.add_argument("--workers", type=whole_number(0, "worker processes", MAX_WORKERS), default=0,
                    help="preprocessing processes (0 = in the main process)")
     q.add_argument("--out", required=True, help="folder for the .bin files, input.info and images.info")
     q.set_defaults(func=cmd_data, positional_list="images")  # images may come before, between or after options
     q = command(data_sub, "synthetic", help="write a small synthetic dataset in the official layout")
     q.add_argument("model", help="registry name: the dataset layout and classes are its dataset's")
     q.add_argument("--out", required=True, help="folder the dataset is written to")
-    q.add_argument("--num-images", type=whole_number(1, "images"), default=16, help="images to generate (default 16)")
+    q.add_argument("--num-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=16, help="images to generate (default 16)")
     q.add_argument("--seed", type=whole_number(0, "--seed"), default=0, help="random seed: the same seed gives the same files")
     q.set_defaults(func=cmd_data)
 
@@ -847,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'local' (no ADDRESS) on this machine; an address joins a cluster")
     p.add_argument("--checkpoint", help="official checkpoint (with a single model only)")
     p.add_argument("--data", help="dataset for the accuracy guard (default: a synthetic set per dataset)")
-    p.add_argument("--guard-images", type=whole_number(1, "images"), default=4,
+    p.add_argument("--guard-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=4,
                    help="images the accuracy guard evaluates (default 4)")
     p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5,
                    help="largest metric drop (points) below fp32")
@@ -856,7 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=whole_number(1, "timed iterations"), default=3,
                    help="at least this many timed iterations per cell")
     p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=2.0, help="and at least this long")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+    p.add_argument("--threads", type=whole_number(0, "threads", MAX_THREADS), default=0,
                    help="intra-op threads (0 = backend default)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda[:N]")
     p.add_argument("--overhead", action="store_true",
@@ -873,13 +873,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder: report.md, report.json, eval/, bench.*")
     p.add_argument("--batch", type=_batch_list, default=None, help="batch sizes to benchmark (default: the model's)")
     p.add_argument("--eval-batch", type=_batch_size, default=None, help="batch size of the evaluation (default: the model's)")
-    p.add_argument("--num-images", type=whole_number(1, "images"), default=None, help="synthetic images when no --data")
+    p.add_argument("--num-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=None, help="synthetic images when no --data")
     p.add_argument("--protocol", default=None, help="the task's first protocol by default")
     p.add_argument("--min-seconds", type=finite_number("--min-seconds", 0), default=None,
                    help="minimum duration of each benchmark cell")
-    p.add_argument("--threads", type=whole_number(0, "threads"), default=0,
+    p.add_argument("--threads", type=whole_number(0, "threads", MAX_THREADS), default=0,
                    help="intra-op threads (0 = backend default)")
-    p.add_argument("--workers", type=whole_number(0, "worker processes"), default=1,
+    p.add_argument("--workers", type=whole_number(0, "worker processes", MAX_WORKERS), default=1,
                    help="preprocessing processes (0 = in the main process)")
     p.set_defaults(func=cmd_run)
     _add_fine_tune_args(sub.choices, data_sub.choices)

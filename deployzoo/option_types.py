@@ -12,9 +12,10 @@ import math
 from collections.abc import Callable
 
 
-def whole_number(minimum: int, what: str) -> Callable[[str], int]:
+def whole_number(minimum: int, what: str, maximum: int | None = None) -> Callable[[str], int]:
     """A parser for an int of at least ``minimum``; ``what`` says what the number counts ("detections"), or is the
-    option's name ("--seed") for a number that counts nothing."""
+    option's name ("--seed") for a number that counts nothing; ``maximum``: an upper bound where a huge value
+    would fill the disk or start processes without end."""
 
     def parse(text: str) -> int:
         try:
@@ -24,6 +25,9 @@ def whole_number(minimum: int, what: str) -> Callable[[str], int]:
         if value < minimum:
             subject = what if what.startswith("--") else f"the number of {what}"  # an option name, or what it counts
             raise argparse.ArgumentTypeError(f"{subject} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            subject = what if what.startswith("--") else f"the number of {what}"
+            raise argparse.ArgumentTypeError(f"{subject} must be at most {maximum}, got {value}")
         return value
 
     parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in some messages
@@ -48,3 +52,9 @@ def finite_number(what: str, minimum: float | None = None, maximum: float | None
 
     parse.__name__ = "finite number"
     return parse
+
+
+# Upper bounds: generated images are written to disk (about 25 kB each), worker processes and threads are started.
+MAX_GENERATED_IMAGES = 100_000
+MAX_WORKERS = 256
+MAX_THREADS = 1024

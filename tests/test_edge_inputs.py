@@ -118,6 +118,12 @@ _OUT_OF_RANGE = [
     (["eval", REFINEDET, "--data", "d"], "--replicas", "0"),
     (["data", "to-bin", REFINEDET, "--out", "b", "--data", "d"], "--limit", "0"),
     (["data", "synthetic", REFINEDET, "--out", "s"], "--seed", "-1"),
+    # huge counts would fill the disk with generated images or start processes and threads without end
+    (["bench", REFINEDET, "--e2e"], "--num-images", "99999999999"),
+    (["bench", REFINEDET], "--guard-images", "99999999999"),
+    (["eval", REFINEDET, "--data", "d"], "--calibration-images", "200000"),
+    (["run", REFINEDET, "--out", "r"], "--workers", "99999"),
+    (["bench", REFINEDET], "--threads", "99999999999"),
 ]
 
 
