@@ -8,7 +8,8 @@ from pathlib import Path
 from deployzoo.backends import BACKENDS
 from deployzoo.errors import DeployzooError
 from deployzoo.figures import headline_text
-from deployzoo.option_types import MAX_GENERATED_IMAGES, MAX_THREADS, MAX_WORKERS, finite_number, whole_number
+from deployzoo.option_types import (MAX_BATCH, MAX_GENERATED_IMAGES, MAX_THREADS, MAX_WORKERS, finite_number,
+                                    whole_number)
 from deployzoo.precision import CHOICES as PRECISION_CHOICES
 
 
@@ -21,6 +22,8 @@ def _batch_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"a batch size is the number of images per inference call and must be "
                                          f"at least 1, got {value}")
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"a batch size is at most {MAX_BATCH} images per inference call, got {value}")
     return value
 
 
@@ -49,8 +52,8 @@ def _add_precision_args(p: argparse.ArgumentParser) -> None:
                         "whose guard holds and prints the table")
     p.add_argument("--guard-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=8,
                    help="images the accuracy guard evaluates")
-    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5,
-                   help="largest metric drop (points) the guard allows")
+    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0, 100), default=0.5,
+                   help="largest metric drop (points, 0-100) the guard allows")
     p.add_argument("--guard-data", help="dataset for the guard (default: the command's --data, else a synthetic set)")
     p.add_argument("--auto-precisions", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
                    help="the candidates --precision auto measures (default: all the backend offers here)")
@@ -416,6 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from deployzoo.engine import load_model, make_backend
     from deployzoo.registry import get_spec
 
+    _check_bench_mode(args)
     if args.e2e:
         return _bench_e2e(args)
     args.warmup = 3 if args.warmup is None else args.warmup
@@ -469,6 +473,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+# bench's two modes take different options; one given to the other mode would be ignored without a word.
+_BENCH_E2E_ONLY = {"backends": "--backends", "precisions": "--precisions", "images": "--images",
+                   "num_images": "--num-images", "repeats": "--repeats"}
+_BENCH_PURE_ONLY = {"backend": "--backend", "batch": "--batch", "iters": "--iters", "min_seconds": "--min-seconds",
+                    "native": "--no-native", "onnx": "--onnx", "data": "--data", "precision": "--precision",
+                    "guard_images": "--guard-images", "guard_tolerance": "--guard-tolerance",
+                    "guard_data": "--guard-data", "auto_precisions": "--auto-precisions",
+                    "calibration_data": "--calibration-data", "calibration_images": "--calibration-images"}
+
+
+def _check_bench_mode(args: argparse.Namespace) -> None:
+    """Refuse options of the other mode (``args.given``: the options the command line set, see ``main``)."""
+    given = getattr(args, "given", set())
+    if args.e2e:
+        wrong = [flag for dest, flag in _BENCH_PURE_ONLY.items() if dest in given]
+        if wrong:
+            raise DeployzooError(
+                f"{', '.join(wrong)} {'belongs' if len(wrong) == 1 else 'belong'} to the pure-inference benchmark, "
+                "not to --e2e (which runs at batch 1 every engine of --backends x --precisions, unguarded); "
+                f"drop {'it' if len(wrong) == 1 else 'them'}, or use --backends/--precisions")
+    else:
+        wrong = [flag for dest, flag in _BENCH_E2E_ONLY.items() if dest in given]
+        if wrong:
+            raise DeployzooError(
+                f"{', '.join(wrong)} {'applies' if len(wrong) == 1 else 'apply'} to --e2e only; add --e2e for the "
+                "end-to-end benchmark, or use --backend/--precision/--batch for pure inference")
+
+
+def _given_options(argv: list[str], command: str, dests) -> set[str]:
+    """Which of ``dests`` the command line sets for ``command``: the same arguments parsed again with those
+    options' defaults suppressed, so abbreviations and ``--opt=value`` count exactly as argparse reads them."""
+    parser = build_parser()
+    # Each action's own default, not set_defaults: argparse would run a parser-level default string through the
+    # option's type (and a suppressed action default is simply left out of the namespace).
+    for action in parser.commands[command]._actions:
+        if action.dest in dests:
+            action.default = argparse.SUPPRESS
+    namespace, _ = parser.parse_known_args(argv)
+    return {dest for dest in dests if getattr(namespace, dest, argparse.SUPPRESS) != argparse.SUPPRESS}
+
+
 def _bench_e2e(args: argparse.Namespace) -> int:
     """``bench --e2e``: the whole chain per image, engines interleaved, against eager PyTorch fp32."""
     from deployzoo.bench.e2e import bench_e2e
@@ -476,13 +521,15 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from deployzoo.data.loader import ImageItem, items_from_paths
     from deployzoo.engine import load_model
 
+    from deployzoo.data.inputs import check_image_files
+    from deployzoo.precision import PRECISIONS
+
     spec = _spec(args)
     out = Path(args.out or f"runs/bench-e2e-{spec.name}")
-    backends, precisions = _name_list(args.backends), _name_list(args.precisions)
-    for b in backends:
-        if b not in BACKENDS:
-            raise DeployzooError(f"unknown backend '{b}'; available: {', '.join(BACKENDS)}")
+    backends = _checked_names(args.backends, "--backends", list(BACKENDS))
+    precisions = _checked_names(args.precisions, "--precisions", list(PRECISIONS))
     if args.images:
+        check_image_files(args.images, offers_skip_bad=False)  # every file, before any model or engine is built
         items = items_from_paths(args.images)
         note = f"{len(items)} image file(s) given on the command line"
     else:
@@ -601,6 +648,23 @@ def _name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _checked_names(text: str, option: str, allowed) -> list[str]:
+    """A comma-separated option's names: at least one, each in ``allowed``, none twice (refused before any work:
+    an empty list would run nothing and a repeated name would run the same cells again)."""
+    names = _name_list(text)
+    if not names:
+        raise DeployzooError(f"{option} names nothing (got '{text}'); give comma-separated names from: "
+                             f"{', '.join(allowed)}")
+    for name in names:
+        if name not in allowed:
+            raise DeployzooError(f"unknown {option.lstrip('-').rstrip('s')} '{name}' in {option}; available: "
+                                 f"{', '.join(allowed)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DeployzooError(f"{option} names {', '.join(repeated)} more than once")
+    return names
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     from deployzoo.bench.matrix_report import best_batch_table, matrix_table, status_counts, write_matrix_reports
     from deployzoo.bench.report import environment
@@ -611,13 +675,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     models = model_names() if args.models == "all" else _name_list(args.models)
     for m in models:
         get_spec(m)  # an unknown name fails before anything runs
-    backends, precisions = _name_list(args.backends), _name_list(args.precisions)
-    for b in backends:
-        if b not in BACKENDS:
-            raise DeployzooError(f"unknown backend '{b}'; available: {', '.join(BACKENDS)}")
-    for pr in precisions:
-        if pr not in PRECISIONS:
-            raise DeployzooError(f"unknown precision '{pr}'; available: {', '.join(PRECISIONS)}")
+    backends = _checked_names(args.backends, "--backends", list(BACKENDS))
+    precisions = _checked_names(args.precisions, "--precisions", list(PRECISIONS))
+    if not models:
+        raise DeployzooError(f"--models names nothing (got '{args.models}'); give 'all' or registry names")
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise DeployzooError(f"--models names {', '.join(repeated)} more than once")
     settings = MatrixSettings(warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds,
                               threads=args.threads, overhead=args.overhead, guard_images=args.guard_images,
                               guard_tolerance=args.guard_tolerance, data=args.data, checkpoint=args.checkpoint,
@@ -681,8 +745,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="print the full checkpoint key mapping, tracebacks")
 
+    parser.commands = {}  # name -> its subparser (main's _given_options reads bench's)
+
     def command(subparsers, name: str, **kw) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, parents=[common], **kw)
+        parser.commands[name] = subparsers.add_parser(name, parents=[common], **kw)
+        return parser.commands[name]
 
     p = command(sub, "models", help="list the zoo: architectures, registry names, variants (fits 100 columns)")
     g = p.add_mutually_exclusive_group()
@@ -849,7 +916,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset for the accuracy guard (default: a synthetic set per dataset)")
     p.add_argument("--guard-images", type=whole_number(1, "images", MAX_GENERATED_IMAGES), default=4,
                    help="images the accuracy guard evaluates (default 4)")
-    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0), default=0.5,
+    p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0, 100), default=0.5,
                    help="largest metric drop (points) below fp32")
     p.add_argument("--warmup", type=whole_number(0, "warm-up calls"), default=1,
                    help="untimed calls before timing each cell (default 1)")
@@ -958,6 +1025,9 @@ def main(argv: list[str] | None = None) -> int:
     from deployzoo.data.images import show_decode_warnings_plainly
 
     show_decode_warnings_plainly()
+    if args.command == "bench":
+        args.given = _given_options(sys.argv[1:] if argv is None else list(argv), "bench",
+                                    [*_BENCH_E2E_ONLY, *_BENCH_PURE_ONLY])
     try:
         return args.func(args)
     except DeployzooError as exc:

@@ -58,3 +58,6 @@ def finite_number(what: str, minimum: float | None = None, maximum: float | None
 MAX_GENERATED_IMAGES = 100_000
 MAX_WORKERS = 256
 MAX_THREADS = 1024
+# Images per inference call: a batch of 1024 COCO-size inputs is already 10 GB of float32; a larger one fails in
+# the allocator with a MemoryError traceback instead of a sentence.
+MAX_BATCH = 1024

@@ -124,6 +124,10 @@ _OUT_OF_RANGE = [
     (["eval", REFINEDET, "--data", "d"], "--calibration-images", "200000"),
     (["run", REFINEDET, "--out", "r"], "--workers", "99999"),
     (["bench", REFINEDET], "--threads", "99999999999"),
+    (["bench", REFINEDET], "--batch", "99999999999"),  # was a MemoryError traceback
+    (["eval", REFINEDET, "--data", "d"], "--batch", "5000"),
+    (["bench", REFINEDET], "--guard-tolerance", "1000"),  # a drop of 1000 points passes every guard: off in silence
+    (["matrix", "--out", "m"], "--guard-tolerance", "101"),
 ]
 
 
@@ -374,3 +378,84 @@ def test_coco_impossible_box_is_refused_or_skipped_per_image_as_voc_does(coco2, 
     assert len(checked.skipped) == 1 and words in checked.skipped[0]["problem"] and len(checked.ids) == 1
     with pytest.raises(BadInputError, match=words):  # the reader alone still refuses the file
         COCODetection(coco2)
+
+
+# bench's two modes: an option of the other mode was ignored without a word (``bench --backends pytorch`` timed
+# ONNX Runtime; ``bench --e2e --batch 4`` timed batch 1).
+_WRONG_MODE = [
+    (["--e2e", "--backend", "openvino"], "--backend belongs to the pure-inference benchmark"),
+    (["--e2e", "--batch=4", "--precision", "fp16"], "--batch, --precision belong to the pure-inference benchmark"),
+    (["--e2e", "--no-native"], "--no-native belongs"),
+    (["--e2e", "--guard-tol", "1"], "--guard-tolerance belongs"),  # an abbreviation counts as argparse reads it
+    (["--backends", "pytorch"], "--backends applies to --e2e only"),
+    (["--num-images", "3", "--repeats", "2"], "--num-images, --repeats apply to --e2e only"),
+    (["--images", "a.jpg"], "--images applies to --e2e only"),
+]
+
+
+@pytest.mark.parametrize("options, message", _WRONG_MODE, ids=[" ".join(o) for o, _ in _WRONG_MODE])
+def test_bench_refuses_an_option_of_the_other_mode_before_any_work(options, message, monkeypatch, capsys):
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
+    assert main(["bench", REFINEDET, *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("a model was built before the options were checked")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--backends", ""], "--backends names nothing"),
+    (["--backends", " , "], "--backends names nothing"),
+    (["--backends", "pytorch,openvino,pytorch"], "--backends names pytorch more than once"),
+    (["--backends", "tensorrt"], "unknown backend 'tensorrt' in --backends"),
+    (["--precisions", "fp8"], "unknown precision 'fp8' in --precisions"),
+    (["--precisions", "fp32,,fp32"], "--precisions names fp32 more than once"),
+])
+def test_bench_e2e_checks_its_lists_before_any_work(options, message, monkeypatch, capsys, tmp_path):
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
+    assert main(["bench", REFINEDET, "--e2e", "--out", str(tmp_path / "o"), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # no generated images either
+
+
+def test_bench_e2e_checks_its_images_before_the_model(tmp_path, monkeypatch, capsys):
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
+    good = _png(tmp_path / "good.png")
+    assert main(["bench", REFINEDET, "--e2e", "--out", str(tmp_path / "o"), "--images", str(good),
+                 str(_png(tmp_path / "cut.png", cut=2000))]) == 2
+    assert "cut.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--backends", ""], "--backends names nothing"),
+    (["--backends", "onnxruntime,onnxruntime"], "--backends names onnxruntime more than once"),
+    (["--precisions", ","], "--precisions names nothing"),
+    (["--models", ","], "--models names nothing"),
+    (["--models", f"{REFINEDET},{REFINEDET}"], f"--models names {REFINEDET} more than once"),
+])
+def test_matrix_refuses_empty_and_repeated_lists(options, message, tmp_path, capsys):
+    from deployzoo.cli import main
+
+    out = tmp_path / "m"
+    args = ["matrix", "--out", str(out), *options]
+    if "--models" not in options:
+        args += ["--models", REFINEDET]
+    assert main(args) == 2  # before: zero cells, exit 0 (or each cell run twice)
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_steady_rate_basis_counts_one_batch_in_the_singular():
+    from deployzoo.bench.e2e_ratio import _batches
+
+    assert _batches(1) == "1 batch" and _batches(3) == "3 batches"

@@ -65,6 +65,9 @@ def nncf_available() -> bool:
     return True
 
 
+_NOTED: set[str] = set()  # generated calibration sets already announced in this process
+
+
 def calibration_feeds(spec: ModelSpec, calibration: Calibration, work_dir: str | Path, batch_size: int = 1,
                       say: Callable[[str], None] = print) -> tuple[list[dict[str, np.ndarray]], dict]:
     """Graph inputs of the calibration images, ``batch_size`` per feed, and a description of them."""
@@ -74,8 +77,10 @@ def calibration_feeds(spec: ModelSpec, calibration: Calibration, work_dir: str |
     if data is None:
         data = spec.evaluation.make_synthetic(Path(work_dir) / f"calibration-data-{spec.name}-{calibration.images}",
                                               num_images=calibration.images, seed=CALIBRATION_SEED)
-        say(f"note: int8 calibration uses {calibration.images} generated synthetic images ({data}); give --data or "
-            "--calibration-data for images like the ones the model will see")
+        if str(data) not in _NOTED:  # the guard's engine and the command's own calibrate alike: say it once
+            _NOTED.add(str(data))
+            say(f"note: int8 calibration uses {calibration.images} generated synthetic images ({data}); give --data "
+                "or --calibration-data for images like the ones the model will see")
         source = "generated synthetic set"
     else:
         source = "dataset"

@@ -91,7 +91,7 @@ def end_to_end_over_pure(timer: StageTimer, bench: Sequence[PureBenchResult], ev
         return {
             "ratio": steady["images_per_s"] / replay["images_per_s"],
             "end_to_end_images_per_s": steady["images_per_s"],
-            "end_to_end_basis": f"steady rate: {steady['basis']} ({steady['batches']} batches)",
+            "end_to_end_basis": f"steady rate: {steady['basis']} ({_batches(steady['batches'])})",
             "wall_images_per_s": wall,
             "pure_images_per_s": replay["images_per_s"],
             "pure_batch": eval_batch,
@@ -99,7 +99,7 @@ def end_to_end_over_pure(timer: StageTimer, bench: Sequence[PureBenchResult], ev
             "eval_batch": eval_batch,
         }
     if steady is not None:
-        end_to_end, basis = steady["images_per_s"], f"steady rate: {steady['basis']} ({steady['batches']} batches)"
+        end_to_end, basis = steady["images_per_s"], f"steady rate: {steady['basis']} ({_batches(steady['batches'])})"
     else:
         end_to_end, basis = wall, "wall clock of the whole run from the first prepared image (fewer than 2 batches)"
     ok = [r for r in bench if r.ok]
@@ -115,6 +115,10 @@ def end_to_end_over_pure(timer: StageTimer, bench: Sequence[PureBenchResult], ev
         "pure_inputs": pure_inputs,
         "eval_batch": eval_batch,
     }
+
+
+def _batches(count: int) -> str:
+    return f"{count} batch" if count == 1 else f"{count} batches"
 
 
 def ratio_rounds(first: dict[str, Any], again: Callable[[], tuple[StageTimer, dict[str, Any] | None]],
