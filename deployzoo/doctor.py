@@ -143,6 +143,10 @@ def report() -> str:
         bf16 = {"avx512_bf16", "amx_bf16"} & flags
         lines.append("  bf16 runs natively here (OpenVINO --precision bf16)" if bf16 else
                      "  bf16: no native support (OpenVINO refuses --precision bf16 here; PyTorch emulates it, slowly)")
+        fp16 = {"avx512_fp16", "amx_fp16"} & flags
+        lines += (["  fp16 has native instructions here (AVX-512 FP16 / AMX FP16)"] if fp16 else
+                  _wrapped("  fp16: ", "no native support (OpenVINO compiles fp16 at f32 here, so deployzoo refuses "
+                                      "its --precision fp16; PyTorch emulates it, slowly)"))
     lines += [f"  threads: {threads()}", "", f"GPU: {gpu()}", ""]
     root = cache.cache_root()
     found = cache.entries()

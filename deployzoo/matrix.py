@@ -91,6 +91,10 @@ def cell_end_before_loading(backend: str, precision: str) -> _CellEnd | None:
 
 
 def _status_of(exc: BaseException) -> str:
+    from deployzoo.precision import UnsupportedPrecision
+
+    if isinstance(exc, UnsupportedPrecision):  # found only when the engine was built (OpenVINO fp16 without f16)
+        return "unsupported"
     text = f"{type(exc).__name__}: {exc}".lower()
     if isinstance(exc, MemoryError) or "out of memory" in text or "bad_alloc" in text:
         return "out of memory"
@@ -197,6 +201,8 @@ class Matrix:
         self._ensure_model(state, backend)
         guard = self._guard(state, backend, precision) if precision != "fp32" else None
         if isinstance(guard, str):
+            if guard.startswith("UnsupportedPrecision: "):  # _one_line of the guard's engine refusing the precision
+                raise _CellEnd("unsupported", guard.split(": ", 1)[1])
             raise _CellEnd("failed", f"accuracy guard could not run: {guard}")
         spec = state.spec
         try:

@@ -240,3 +240,16 @@ def test_cli_bench_auto_prints_and_records_its_table(tmp_path, capsys, refinedet
     assert all(rows[chosen]["images_per_s"] >= c["images_per_s"] for c in rows.values() if c["holds"])
     payload = json.loads((tmp_path / f"bench-openvino-{chosen}.json").read_text())
     assert payload["precision"] == chosen and payload["accuracy_guard"]["auto"]["chosen"] == chosen
+
+
+def test_openvino_fp16_engine_is_fp16_or_refused(refinedet_spec, refinedet_loaded, refinedet_onnx):
+    """On a CPU without native f16 OpenVINO compiled an fp16 engine at f32 without a word: 'fp16' rows, guards
+    and auto choices were fp32 under another name. Now the engine is f16 or refused, saying what it would be."""
+    ov = pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    try:
+        engine = open_engine(refinedet_spec, "openvino", 1, onnx_path=refinedet_onnx, loaded=refinedet_loaded,
+                             precision="fp16")
+    except UnsupportedPrecision as exc:
+        assert "openvino cannot run fp16 on this CPU" in str(exc) and "f32 under the name fp16" in str(exc)
+    else:
+        assert engine.backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f16

@@ -36,6 +36,31 @@ def precision_refusal(precision: str, capabilities: tuple[str, ...] | None = Non
     return None
 
 
+# What each lowered precision's compiled model must report as its INFERENCE_PRECISION_HINT.
+_COMPILED_AS = {"fp16": "f16", "bf16": "bf16"}
+
+
+def _check_compiled_precision(ov, compiled, precision: str) -> None:
+    """Refuse an engine compiled at another precision than asked: on a CPU without native f16 (an AVX2 AMD EPYC,
+    whose plugin reports FP32, INT8, BIN) OpenVINO takes an f16 hint and compiles at f32 without a word, and the
+    engine would be fp32 under the name fp16, its timing and guard figures labelled wrongly.
+
+    Raises:
+        UnsupportedPrecision: the compiled model's INFERENCE_PRECISION_HINT is not ``precision``'s type.
+    """
+    wanted = _COMPILED_AS.get(precision)
+    if wanted is None:
+        return
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")
+    if got != getattr(ov.Type, wanted):
+        from deployzoo.precision import UnsupportedPrecision
+
+        raise UnsupportedPrecision(
+            f"openvino cannot run {precision} on this CPU: asked for {wanted}, its CPU plugin compiled the model "
+            f"at {got.get_type_name()} (the plugin reports {', '.join(cpu_capabilities())}), so the engine would be "
+            f"{got.get_type_name()} under the name {precision}")
+
+
 def _import_openvino():
     try:
         import openvino
@@ -136,6 +161,7 @@ class OpenVINOBackend(Backend):
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
             raise BadInputError(model_path, f"OpenVINO cannot compile it for CPU: {exc}") from exc
+        _check_compiled_precision(ov, self.compiled, precision)
         self.request = self.compiled.create_infer_request()
         self.threads, self.hint, self.precision = threads, hint, precision
         self.version = ov.__version__
