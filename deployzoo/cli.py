@@ -31,6 +31,9 @@ def _batch_list(text: str) -> list[int]:
     values = [_batch_size(v.strip()) for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got '{text}'")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # the same cells would be timed twice and listed twice
+        raise argparse.ArgumentTypeError(f"batch size {', '.join(map(str, repeated))} given more than once in '{text}'")
     return values
 
 
@@ -81,6 +84,13 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
 
     if args.precision == "fp32":
         return "fp32", None
+    if backend == "openvino" and args.precision in ("fp16", "bf16"):  # refused now, not after export and guard data
+        from deployzoo.backends.openvino_backend import precision_refusal
+        from deployzoo.precision import UnsupportedPrecision
+
+        refusal = precision_refusal(args.precision)
+        if refusal:
+            raise UnsupportedPrecision(f"openvino cannot run {args.precision}: {refusal}")
     if onnx is None or backend not in ONNX_BACKENDS:  # build the model (and its export) once for both guard engines
         loaded = loaded or load_model(spec, args.checkpoint)
     if onnx is None and backend in ONNX_BACKENDS:
@@ -422,6 +432,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_bench_mode(args)
     if args.e2e:
         return _bench_e2e(args)
+    _check_device(args.device)
     args.warmup = 3 if args.warmup is None else args.warmup
     out = Path(args.out or "runs/bench")
     target = args.model
@@ -491,14 +502,31 @@ def _check_bench_mode(args: argparse.Namespace) -> None:
         if wrong:
             raise DeployzooError(
                 f"{', '.join(wrong)} {'belongs' if len(wrong) == 1 else 'belong'} to the pure-inference benchmark, "
-                "not to --e2e (which runs at batch 1 every engine of --backends x --precisions, unguarded); "
-                f"drop {'it' if len(wrong) == 1 else 'them'}, or use --backends/--precisions")
+                "not to --e2e (which runs at batch 1 every engine of --backends x --precisions, unguarded, on "
+                f"the model's own export); drop {'it' if len(wrong) == 1 else 'them'}"
+                + ("; engines and precisions are chosen with --backends/--precisions"
+                   if {"--backend", "--precision"} & set(wrong) else ""))
     else:
         wrong = [flag for dest, flag in _BENCH_E2E_ONLY.items() if dest in given]
         if wrong:
             raise DeployzooError(
                 f"{', '.join(wrong)} {'applies' if len(wrong) == 1 else 'apply'} to --e2e only; add --e2e for the "
                 "end-to-end benchmark, or use --backend/--precision/--batch for pure inference")
+
+
+def _check_device(device: str) -> None:
+    """--device: a torch device this torch can use, refused before any work (a bad one failed inside a cell, and
+    bench --e2e runs its yardstick on the CPU whatever --device says, so a wrong one went unnoticed there)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeployzooError(f"--device '{device}' is not a device: give cpu or cuda[:N] ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise DeployzooError(f"--device '{device}' asked for, but this torch ({torch.__version__}) sees no CUDA device")
+    if parsed.type not in ("cpu", "cuda"):
+        raise DeployzooError(f"--device '{device}': the PyTorch backends run on cpu or cuda[:N]")
 
 
 def _given_options(argv: list[str], command: str, dests) -> set[str]:
@@ -524,6 +552,14 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from deployzoo.data.inputs import check_image_files
     from deployzoo.precision import PRECISIONS
 
+    if args.model.endswith(".onnx") or Path(args.model).is_file():
+        raise DeployzooError(f"bench --e2e times the whole chain from a registry model (its own export and eager "
+                             f"PyTorch yardstick), not a given file ({args.model}); give the model's name, and "
+                             "--checkpoint for its weights")
+    if args.images and "num_images" in getattr(args, "given", set()):
+        raise DeployzooError("--num-images sets how many images are generated when no --images are given; with "
+                             "--images every listed file is used: drop one of them")
+    _check_device(args.device)
     spec = _spec(args)
     out = Path(args.out or f"runs/bench-e2e-{spec.name}")
     backends = _checked_names(args.backends, "--backends", list(BACKENDS))

@@ -45,9 +45,9 @@ def finite_number(what: str, minimum: float | None = None, maximum: float | None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{what} must be a finite number, got '{text}'")
         if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum:g}, got {value:g}")
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum:g}, got {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"{what} must be at most {maximum:g}, got {value:g}")
+            raise argparse.ArgumentTypeError(f"{what} must be at most {maximum:g}, got {text}")
         return value
 
     parse.__name__ = "finite number"

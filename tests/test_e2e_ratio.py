@@ -152,6 +152,8 @@ def test_ratio_rounds_take_the_median_of_alternating_passes():
     measured = ratio_rounds(first, lambda: next(rounds), rounds=3)
     assert [r["ratio"] for r in measured["rounds"]] == pytest.approx([0.8, 1.0, 2.0])
     assert measured["ratio"] == pytest.approx(1.0) and "median of 3 rounds" in measured["ratio_basis"]
+    # the images/s reported beside the ratio are the median round's, so they divide to it (round 1's read 0.8)
+    assert measured["end_to_end_images_per_s"] / measured["pure_images_per_s"] == pytest.approx(measured["ratio"])
     # a ratio without a replay (the benchmark-cell basis) is left as it is: there is nothing to alternate with
     plain = end_to_end_over_pure(StageTimer(finished=[(0.0, 2), (1.0, 2)]), [], 2, REAL_INPUTS)
     assert ratio_rounds(plain, lambda: pytest.fail("no extra pass without a replay")) is plain

@@ -459,3 +459,54 @@ def test_steady_rate_basis_counts_one_batch_in_the_singular():
     from deployzoo.bench.e2e_ratio import _batches
 
     assert _batches(1) == "1 batch" and _batches(3) == "3 batches"
+
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--e2e", "--images", "a.jpg", "--num-images", "2"], "--num-images sets how many images are generated"),
+    (["--e2e", "--device", "bogus"], "--device 'bogus' is not a device"),
+    (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "bogus"],
+     "--device '"),
+])
+def test_bench_refuses_combinations_that_did_nothing(options, message, monkeypatch, capsys):
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
+    assert main(["bench", REFINEDET, *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_e2e_takes_a_registry_name_not_an_onnx_file(tmp_path, capsys):
+    from deployzoo.cli import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not really")
+    assert main(["bench", str(model), "--e2e"]) == 2
+    assert "bench --e2e times the whole chain from a registry model" in capsys.readouterr().err
+
+
+def test_a_repeated_batch_size_is_refused(capsys):
+    from deployzoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", REFINEDET, "--batch", "1,4,1"])
+    assert "batch size 1 given more than once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_openvino_precision_the_cpu_lacks_is_refused_before_export_and_guard_data(precision, tmp_path, monkeypatch,
+                                                                                 capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    import deployzoo.backends.openvino_backend as ov_backend
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    monkeypatch.setattr(ov_backend, "precision_refusal", lambda p, caps=None: "this CPU has no native it (test)")
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
+    image = _png(tmp_path / "a.png")
+    out = tmp_path / "p"
+    assert main(["predict", REFINEDET, "--backend", "openvino", "--precision", precision, "--out", str(out),
+                 str(image)]) == 2
+    assert f"openvino cannot run {precision}" in capsys.readouterr().err
+    assert not (out / "guard-data").exists()

@@ -18,7 +18,7 @@ HINTS = ("latency", "throughput")
 _PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 # The CPU plugin's OPTIMIZATION_CAPABILITIES entry each precision needs natively: without it the plugin
 # ignores the hint or emulates, and the engine would not be what its name says.
-_CAPABILITY = {"bf16": "BF16", "int8": "INT8"}
+_CAPABILITY = {"bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
 
 
 def cpu_capabilities() -> tuple[str, ...]:
