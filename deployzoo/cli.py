@@ -515,18 +515,11 @@ def _check_bench_mode(args: argparse.Namespace) -> None:
 
 
 def _check_device(device: str) -> None:
-    """--device: a torch device this torch can use, refused before any work (a bad one failed inside a cell, and
-    bench --e2e runs its yardstick on the CPU whatever --device says, so a wrong one went unnoticed there)."""
-    import torch
+    """--device refused before any work: a bad one failed inside a cell, and bench --e2e runs its yardstick on the
+    CPU whatever --device says, so a wrong one went unnoticed there."""
+    from deployzoo.backends.pytorch_backend import resolve_device
 
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeployzooError(f"--device '{device}' is not a device: give cpu or cuda[:N] ({exc})") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise DeployzooError(f"--device '{device}' asked for, but this torch ({torch.__version__}) sees no CUDA device")
-    if parsed.type not in ("cpu", "cuda"):
-        raise DeployzooError(f"--device '{device}': the PyTorch backends run on cpu or cuda[:N]")
+    resolve_device(device)
 
 
 def _given_options(argv: list[str], command: str, dests) -> set[str]:

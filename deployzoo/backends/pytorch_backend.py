@@ -24,6 +24,24 @@ from deployzoo.precision import check_precision, torch_dtype
 MODES = {"eager": "pytorch", "compile": "pytorch-compile", "aoti": "pytorch-aoti"}
 
 
+
+def resolve_device(device: str) -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:N") as a torch device this torch can use.
+
+    Raises:
+        DeployzooError: not a device name, a device type other than cpu/cuda, or CUDA without a CUDA device.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeployzooError(f"--device '{device}' is not a device: give cpu or cuda[:N] ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise DeployzooError(f"device '{device}' asked for, but this torch ({torch.__version__}) sees no CUDA device")
+    if parsed.type not in ("cpu", "cuda"):
+        raise DeployzooError(f"--device '{device}': the PyTorch backends run on cpu or cuda[:N]")
+    return parsed
+
+
 class PyTorchBackend(Backend):
     """Runs a zoo model (nn.Module whose forward returns outputs in ``output_names`` order).
 
@@ -48,9 +66,7 @@ class PyTorchBackend(Backend):
             raise DeployzooError(f"PyTorch mode must be one of {tuple(MODES)}, got {mode!r}")
         self.name = MODES[mode]
         check_precision(self.name, precision)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DeployzooError(f"device '{device}' asked for, but this torch ({torch.__version__}) sees no CUDA device")
+        self.device = resolve_device(device)
         if cuda_graphs and (mode != "compile" or self.device.type != "cuda"):
             raise DeployzooError("CUDA graphs need mode 'compile' on a CUDA device")
         self.mode, self.precision, self.cuda_graphs = mode, precision, cuda_graphs
