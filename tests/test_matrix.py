@@ -169,14 +169,18 @@ def test_a_cell_past_its_time_limit_is_killed_and_the_matrix_goes_on(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(_native_half_precision() is None,
+                    reason="PyTorch fp16/bf16 are emulated on this CPU (no AVX-512 FP16/BF16, no AMX): its cells "
+                           "and shared guard would take many minutes")
 def test_cells_in_child_processes_measure_and_share_the_guard(tmp_path):
     said = []
+    half = _native_half_precision()
     settings = MatrixSettings(**QUICK, cell_timeout=600.0)
-    cells = _by_key(Matrix([MODEL], ["onnxruntime", "pytorch"], ["fp32", "fp16"], [1, 2], tmp_path, settings,
+    cells = _by_key(Matrix([MODEL], ["onnxruntime", "pytorch"], ["fp32", half], [1, 2], tmp_path, settings,
                            say=said.append).run())
     for key in (("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 2), ("pytorch", "fp32", 2)):
         assert cells[key]["status"] == "ok" and cells[key]["stats"]["throughput"] > 0, cells[key]
-    fp16 = [cells[("pytorch", "fp16", b)] for b in (1, 2)]
+    fp16 = [cells[("pytorch", half, b)] for b in (1, 2)]
     assert all(c["stats"] is not None and c["guard"]["agreement"] is not None for c in fp16)
     assert fp16[0]["guard"] == fp16[1]["guard"]
     assert sum("accuracy guard" in line for line in said) == 1  # evaluated in the first child, reused by the second
