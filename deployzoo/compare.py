@@ -15,6 +15,9 @@ from deployzoo.structures import Detections
 TENSOR_RTOL = 1e-4
 MATCH_IOU = 0.999
 MATCH_SCORE_TOL = 1e-4
+# Detections left unmatched on both sides pair up as swaps when their scores differ by less than this: the
+# fixtures' rule for near-tied scores, whose order (at the max-detections cut, or in NMS) rounding decides.
+MATCH_SWAP_TOL = 1e-5
 MASK_AGREEMENT = 0.999  # pasted masks of a matched pair agree on more than this fraction of pixels
 
 
@@ -73,6 +76,10 @@ class MatchResult:
     # Instance masks: lowest fraction of image pixels on which a matched pair's masks agree (None: no masks).
     worst_mask_agreement: float | None = None
     mask_agreement_threshold: float = MASK_AGREEMENT
+    # Pairs of an engine-only and a reference-only detection whose scores differ by < swap_tolerance (any
+    # label or box): near-tied scores ranked differently at a cut. Not counted in the unmatched figures.
+    swaps: int = 0
+    swap_tolerance: float = MATCH_SWAP_TOL
 
     @property
     def ok(self) -> bool:
@@ -89,7 +96,9 @@ def match_detections(
     """Match each reference detection to one engine detection (same label, IoU > thr, |ds| < tol).
 
     Greedy in reference order, choosing the closest score among the candidates; order differences
-    between near-equal scores therefore do not count as mismatches.
+    between near-equal scores therefore do not count as mismatches. What stays unmatched on both sides then
+    pairs up, closest scores first, as swaps where the scores differ by < MATCH_SWAP_TOL (1e-5): the fixtures'
+    rule for near-tied scores, which may fall on either side of the max-detections cut or of an NMS decision.
     """
     used = np.zeros(len(engine), dtype=bool)
     matched = 0
@@ -116,15 +125,38 @@ def match_detections(
             matched += 1
             worst_iou = min(worst_iou, float(iou[row, best]))
             worst_ds = max(worst_ds, float(dscore[row, best]))
+    unmatched_eng = np.flatnonzero(~used)
+    swapped_ref, swapped_eng = _near_tie_swaps(engine.scores[unmatched_eng], reference.scores[unmatched_ref])
+    unmatched_ref = [r for k, r in enumerate(unmatched_ref) if k not in swapped_ref]
+    unmatched_eng = np.asarray([e for k, e in enumerate(unmatched_eng) if k not in swapped_eng], dtype=np.int64)
     examples = [
         {"side": "reference", "label": int(reference.labels[i]), "score": float(reference.scores[i]),
          "box": reference.boxes[i].tolist()} for i in unmatched_ref[:3]
     ] + [
         {"side": "engine", "label": int(engine.labels[i]), "score": float(engine.scores[i]), "box": engine.boxes[i].tolist()}
-        for i in np.flatnonzero(~used)[:3]
+        for i in unmatched_eng[:3]
     ]
-    return MatchResult(matched, int((~used).sum()), len(unmatched_ref), worst_iou, worst_ds,
-                       iou_threshold, score_tolerance, examples, pairs, _worst_mask_agreement(engine, reference, pairs))
+    return MatchResult(matched, len(unmatched_eng), len(unmatched_ref), worst_iou, worst_ds,
+                       iou_threshold, score_tolerance, examples, pairs, _worst_mask_agreement(engine, reference, pairs),
+                       swaps=len(swapped_ref))
+
+
+def _near_tie_swaps(engine_scores: np.ndarray, reference_scores: np.ndarray) -> tuple[set[int], set[int]]:
+    """Positions (reference side, engine side) of leftover detections paired one to one, closest scores first,
+    where the scores differ by < MATCH_SWAP_TOL."""
+    if not len(engine_scores) or not len(reference_scores):
+        return set(), set()
+    gap = np.abs(np.asarray(reference_scores, np.float64)[:, None] - np.asarray(engine_scores, np.float64)[None, :])
+    swapped_ref: set[int] = set()
+    swapped_eng: set[int] = set()
+    for flat in np.argsort(gap, axis=None, kind="stable"):
+        r, e = divmod(int(flat), gap.shape[1])
+        if gap[r, e] >= MATCH_SWAP_TOL:
+            break
+        if r not in swapped_ref and e not in swapped_eng:
+            swapped_ref.add(r)
+            swapped_eng.add(e)
+    return swapped_ref, swapped_eng
 
 
 def _worst_mask_agreement(engine: Detections, reference: Detections, pairs) -> float | None:
@@ -153,8 +185,9 @@ LABEL_UNKNOWN_MARGIN_FRACTION = 1e-4
 class LabelMatch:
     """Label maps of engine and reference, pooled over images.
 
-    ``near_ties``: differing pixels where the reference's top-1 minus top-2 logit is < LABEL_TIE_MARGIN
-    (either label is right there); None when the reference gave no margins.
+    ``near_ties``: differing pixels where the reference's top-1 minus top-2 logit is < ``tie_margin`` (either
+    label is right there); None when the reference gave no margins. ``tie_margin`` is at least LABEL_TIE_MARGIN;
+    compare_engines widens it to twice the largest logit difference it measured.
     """
 
     pixels: int = 0
@@ -188,7 +221,7 @@ class LabelMatch:
             return f"Label maps: {self.shape_mismatches} image(s) with different label-map shapes."
         ties = ("margins unknown: allowed up to "
                 f"{LABEL_UNKNOWN_MARGIN_FRACTION:g} of the pixels" if self.near_ties is None else
-                f"{self.near_ties} of them where the reference's top two logits are within {self.tie_margin:g}")
+                f"{self.near_ties} of them where the reference's top two logits are within {self.tie_margin:.3g}")
         return f"Label maps: {self.differing} of {self.pixels} pixels differ ({ties})."
 
     def to_dict(self) -> dict:

@@ -182,8 +182,11 @@ def compare_pictures(spec: Any, results: Sequence[tuple[str, str, Any, Any]], ou
             notes = (f"{differing} pixels differ", "")
         else:
             m = match_detections(engine_result, reference_result)
-            differing = m.unmatched_engine + m.unmatched_reference
-            notes = (f"{m.unmatched_engine} detections only here", f"{m.unmatched_reference} only here")
+            # Near-tie swaps pass the comparison but are still different detections on the picture.
+            differing = m.unmatched_engine + m.unmatched_reference + 2 * m.swaps
+            swaps = f" ({m.swaps} of them near-tie swaps)" if m.swaps else ""
+            notes = (f"{m.unmatched_engine + m.swaps} detections only here{swaps}",
+                     f"{m.unmatched_reference + m.swaps} only here{swaps}")
         if not differing and not every:
             continue
         photo = draw.read_photo(path)

@@ -147,7 +147,10 @@ def test_algorithm_a_detections_match_pytorch_image_by_image(outcomes):
     assert len(ort) == 3 and set(ort) == set(torch_)
     for image_id, reference in torch_.items():
         match = match_detections(ort[image_id], reference)
-        assert match.matched == len(reference) == len(ort[image_id]) == 100, (image_id, match)
+        # At the 100-detection cut, near-tied scores may fall either way (AVX2 CPUs round the convolutions
+        # differently from AVX-512: image 422 swapped its 100th detection): a swap within 1e-5 is allowed.
+        assert match.ok and match.matched + match.swaps == len(reference) == len(ort[image_id]) == 100, (image_id, match)
+        assert match.swaps <= 2, (image_id, match)
     empty = sum(int(((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1]) == 0).sum()) for d in ort.values())
     assert empty > 0
 
