@@ -17,6 +17,22 @@ from dzinit import make_state_dict  # noqa: E402  (the fixtures' own weight rule
 REFINEDET = "refinedet320-vgg16-voc"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--heavy", action="store_true",
+                     help="also run the tests marked heavy (left out by default; -m heavy runs only them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked heavy (about 15 minutes on 2 cores) are deselected unless asked for, so that the README's
+    test command stays near 20 minutes; CI runs `pytest -q -m heavy` after it (.ci/run)."""
+    if config.getoption("--heavy") or "heavy" in (config.getoption("markexpr") or ""):
+        return
+    heavy = [item for item in items if item.get_closest_marker("heavy")]
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [item for item in items if not item.get_closest_marker("heavy")]
+
+
 def _openmmlab_checkpoint(tmp_path_factory, fixture: str, file_name: str, meta: dict) -> Path:
     """The fixture's weights (dz-init-v1, seed 0) in OpenMMLab's container: {'state_dict', 'meta'}."""
     keys = json.loads((FIXTURES / fixture / "keys.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 from deployzoo.export.onnx_export import DEFAULT_DOMAINS
 
 pytest_plugins = ["d2_fixtures"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")

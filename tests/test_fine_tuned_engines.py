@@ -11,7 +11,7 @@ import pytest
 
 from fine_tuned_helpers import FSAF, MMDET_MASK_RCNN, PSPNET, REFINEDET, fine_tuned_weights, write_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 CASES = [
     (MMDET_MASK_RCNN, 3, {"labels": ["batch", 100], "masks": ["batch", 100, 28, 28]}),

@@ -9,7 +9,7 @@ import pytest
 
 from deployzoo.export.onnx_export import DEFAULT_DOMAINS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 ALGORITHMS = {"A": "mmdet-fsaf-r50-fpn-1x", "B": "mmdet-fsaf-r50-fpn-1x-v3post"}
 # Algorithm B (the fixture's) at batch 1 and 2; A, the default, at batch 2.

@@ -8,7 +8,7 @@ import pytest
 
 from deployzoo.export.onnx_export import DEFAULT_DOMAINS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from native_precision import native, native_half_precision
 
 import deployzoo.matrix as matrix_module
 from deployzoo.bench.pure import bench_pure
@@ -30,7 +31,23 @@ def fake_guard(monkeypatch):
     monkeypatch.setattr(Matrix, "_guard", guard)
 
 
-def test_matrix_statuses_and_resume(tmp_path, monkeypatch, fake_guard):
+@pytest.fixture
+def cheap_emulated_fp16(monkeypatch):
+    """Where PyTorch fp16 is emulated (minutes per RefineDet batch), the fp16 cells time a stand-in infer call
+    that returns a batch of zeros: these tests check the matrix's statuses and files, not fp16 speed."""
+    if native("fp16"):
+        return
+    real_bench = matrix_module.bench_pure
+
+    def bench(engine, **kw):
+        if engine.precision == "fp16":
+            engine.infer = lambda inputs: {"stand_in": np.zeros((engine.batch_size, 1), np.float32)}
+        return real_bench(engine, **kw)
+
+    monkeypatch.setattr(matrix_module, "bench_pure", bench)
+
+
+def test_matrix_statuses_and_resume(tmp_path, monkeypatch, fake_guard, cheap_emulated_fp16):
     monkeypatch.setattr(matrix_module, "backend_missing",
                         lambda b: "OpenVINO is not installed" if b == "openvino" else None)
     out = tmp_path / "m"
@@ -80,7 +97,7 @@ def test_matrix_goes_on_past_export_failure_and_out_of_memory(tmp_path, monkeypa
     assert (tmp_path / "cells" / MODEL / "pytorch-fp32-b2.json").is_file()
 
 
-def test_cli_matrix_writes_reports(tmp_path, capsys, fake_guard):
+def test_cli_matrix_writes_reports(tmp_path, capsys, fake_guard, cheap_emulated_fp16):
     out = tmp_path / "cli"
     code = main(["matrix", "--models", MODEL, "--backends", "onnxruntime,pytorch", "--precisions", "fp32,fp16",
                  "--batch", "1", "--iters", "1", "--min-seconds", "0", "--out", str(out)])
@@ -102,25 +119,12 @@ def test_cli_matrix_refuses_unknown_names(capsys, tmp_path):
     assert "unknown backend 'tensorrt'" in capsys.readouterr().err
 
 
-def _native_half_precision() -> str | None:
-    """A PyTorch lower precision this CPU runs natively (oneDNN), or None: emulated fp16/bf16 convolutions take
-    about 2 minutes per RefineDet image on an AVX2-only CPU (AMD EPYC, 2026-12-01), 100x fp32."""
-    from deployzoo.doctor import cpu_flags
-
-    flags = cpu_flags() or set()
-    if flags & {"avx512_fp16", "amx_fp16"}:
-        return "fp16"
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        return "bf16"
-    return None
-
-
-@pytest.mark.skipif(_native_half_precision() is None,
+@pytest.mark.skipif(native_half_precision() is None,
                     reason="PyTorch fp16/bf16 are emulated on this CPU (no AVX-512 FP16/BF16, no AMX): a real guard "
                            "would take many minutes; the matrix's guard handling is covered by "
                            "test_matrix_statuses_and_resume with a stand-in guard")
 def test_guard_runs_for_real_in_the_matrix(tmp_path):
-    precision = _native_half_precision()
+    precision = native_half_precision()
     m = Matrix([MODEL], ["pytorch"], [precision], [1], tmp_path, MatrixSettings(**QUICK), say=lambda s: None)
     (cell,) = m.run()
     guard = cell["guard"]
@@ -169,12 +173,12 @@ def test_a_cell_past_its_time_limit_is_killed_and_the_matrix_goes_on(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_native_half_precision() is None,
+@pytest.mark.skipif(native_half_precision() is None,
                     reason="PyTorch fp16/bf16 are emulated on this CPU (no AVX-512 FP16/BF16, no AMX): its cells "
                            "and shared guard would take many minutes")
 def test_cells_in_child_processes_measure_and_share_the_guard(tmp_path):
     said = []
-    half = _native_half_precision()
+    half = native_half_precision()
     settings = MatrixSettings(**QUICK, cell_timeout=600.0)
     cells = _by_key(Matrix([MODEL], ["onnxruntime", "pytorch"], ["fp32", half], [1, 2], tmp_path, settings,
                            say=said.append).run())

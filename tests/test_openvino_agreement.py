@@ -62,7 +62,8 @@ def synthetic_items(tmp_path_factory):
     return items
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in LIGHT else pytest.mark.slow) for n in model_names()])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in LIGHT else (pytest.mark.slow, pytest.mark.heavy))
+                                  for n in model_names()])
 def test_openvino_agrees_with_onnxruntime(name, request, synthetic_items):
     from deployzoo.pipeline import open_engine
     from deployzoo.verify import compare_engines

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from native_precision import emulated_reason, native, native_half_precision
 
 from deployzoo.cli import main
 from deployzoo.engine import make_backend
@@ -30,6 +31,8 @@ def test_artifact_names_carry_precision(refinedet_spec):
 @pytest.mark.parametrize("precision, tolerance", [("fp16", 0.05), ("bf16", 0.3)])
 def test_pytorch_reduced_precision_is_close_and_leaves_the_reference_alone(refinedet_spec, refinedet_loaded,
                                                                            precision, tolerance):
+    if not native(precision):
+        pytest.skip(emulated_reason(precision))
     inputs = refinedet_spec.make_example_inputs(2)
     reference = make_backend("pytorch", refinedet_spec, 2, model=refinedet_loaded.model).infer(inputs)
     engine = make_backend("pytorch", refinedet_spec, 2, model=refinedet_loaded.model, precision=precision)
@@ -71,16 +74,18 @@ def test_named_precision_is_kept_and_guarded():
     assert chosen == "fp16" and not result.holds
 
 
+@pytest.mark.skipif(native_half_precision() is None, reason=emulated_reason("fp16 and bf16"))
 def test_guard_evaluates_both_precisions_on_the_same_images(tmp_path, refinedet_spec, refinedet_loaded, synthetic_voc):
     def engine(precision):
         return open_engine(refinedet_spec, "pytorch", 1, loaded=refinedet_loaded, precision=precision)
 
-    result = run_guard(refinedet_spec, engine, "fp16", synthetic_voc, tmp_path, num_images=2)
+    precision = native_half_precision()
+    result = run_guard(refinedet_spec, engine, precision, synthetic_voc, tmp_path, num_images=2)
     assert result.images == 2 and result.metric == refinedet_spec.evaluation.metric_name
     assert (tmp_path / "pytorch-fp32" / "metrics.json").is_file()
-    assert (tmp_path / "pytorch-fp16" / "metrics.json").is_file()
+    assert (tmp_path / f"pytorch-{precision}" / "metrics.json").is_file()
     assert result.holds == (result.delta >= -0.5)
-    # fp16 scored against fp32's own predictions: a real figure (the stand-in weights' detections are not
+    # The candidate scored against fp32's own predictions: a real figure (the stand-in weights' detections are not
     # all below the 0.05 threshold), and fp32 against itself agrees fully.
     assert result.agreement is not None and 0.0 < result.agreement <= 100.0 + 1e-9
     assert "agreement with fp32" in result.describe() and result.to_dict()["agreement"] == result.agreement
@@ -94,6 +99,7 @@ def test_cli_unsupported_precision_is_a_clear_error(tmp_path, capsys):
     assert "onnxruntime cannot run fp16" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not native("bf16"), reason=emulated_reason("bf16"))
 def test_cli_eval_auto_says_what_it_chose(tmp_path, capsys, refinedet_checkpoint, synthetic_voc):
     code = main(["eval", "refinedet320-vgg16-voc", "--checkpoint", str(refinedet_checkpoint), "--backend", "pytorch",
                  "--data", str(synthetic_voc), "--precision", "auto", "--auto-precisions", "bf16", "--guard-images", "2",
