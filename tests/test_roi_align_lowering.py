@@ -103,3 +103,27 @@ def test_a_graph_it_cannot_lower_runs_on_the_kernel(tmp_path):
     assert backend.lowered == 0 and "roi_align" not in backend.describe()
     feeds = _case(4)
     assert backend.session.run(None, feeds)[0].shape == (feeds["rois"].shape[0], feeds["X"].shape[1], 7, 7)
+
+
+def test_a_graph_the_rewrite_does_not_fit_runs_on_the_kernel(tmp_path):
+    """fp16 maps: the rewrite's float32 arithmetic would not type-check, so the file runs as it is."""
+    model = _model()
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    model.graph.input[1].type.tensor_type.elem_type = TensorProto.FLOAT16
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    path = tmp_path / "half.onnx"
+    onnx.save(model, str(path))
+    backend = OnnxRuntimeBackend(path)
+    assert backend.lowered == 0
+    feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in _case(4).items()}
+    want = _run(_model(), {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in feeds.items()})
+    np.testing.assert_allclose(backend.session.run(None, feeds)[0].astype(np.float32), want, atol=2e-2)
+
+
+def test_a_damaged_file_is_still_named(tmp_path):
+    from deployzoo.errors import BadInputError
+
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(_model().SerializeToString()[:-40] + b"RoiAlign")
+    with pytest.raises(BadInputError, match="broken.onnx.*onnxruntime cannot load it"):
+        OnnxRuntimeBackend(path)

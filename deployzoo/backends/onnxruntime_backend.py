@@ -35,14 +35,20 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.lowered = 0
-        try:
-            model = _lowered_model(model_path) if lower_roi_align else None
-            if model is not None:
-                self.lowered, model = model
-            source = model if model is not None else str(model_path)
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise BadInputError(model_path, f"onnxruntime cannot load it: {exc}") from exc
+        self.session = None
+        if lower_roi_align:
+            try:
+                lowered = _lowered_model(model_path)
+                if lowered is not None:
+                    session = ort.InferenceSession(lowered[1], options, providers=["CPUExecutionProvider"])
+                    self.lowered, self.session = lowered[0], session
+            except Exception:  # noqa: BLE001  a graph the rewrite does not fit (fp16 maps, say): the file as it is
+                self.lowered, self.session = 0, None
+        if self.session is None:
+            try:
+                self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise BadInputError(model_path, f"onnxruntime cannot load it: {exc}") from exc
         self.threads = threads
         self.batch_size = batch_size
         for node in self.session.get_inputs():
@@ -91,7 +97,7 @@ def _lowered_model(model_path: str | Path) -> tuple[int, bytes] | None:
     """The file's model with its RoiAlign nodes lowered, serialized (None when it has none: run the file).
 
     The bytes are searched for the op name first, so graphs without RoiAlign (RefineDet, PSPNet, FSAF) are
-    not parsed. Raises whatever onnx parsing raises on a damaged file (the caller names the file)."""
+    not parsed. Raises whatever onnx parsing or the rewrite raises; the caller then runs the file as it is."""
     import onnx
 
     from deployzoo.export.roi_align_lowering import lower_roi_align
@@ -104,8 +110,5 @@ def _lowered_model(model_path: str | Path) -> tuple[int, bytes] | None:
         return None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None  # weights in side files: the session must read them from the file's folder
-    try:
-        count = lower_roi_align(model)
-    except ValueError:  # an opset below 16, or non-square bins: onnxruntime's kernel runs them
-        return None
+    count = lower_roi_align(model)  # ValueError for an opset below 16 or non-square bins: the caller runs the file
     return count, model.SerializeToString()
