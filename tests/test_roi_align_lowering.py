@@ -127,3 +127,65 @@ def test_a_damaged_file_is_still_named(tmp_path):
     path.write_bytes(_model().SerializeToString()[:-40] + b"RoiAlign")
     with pytest.raises(BadInputError, match="broken.onnx.*onnxruntime cannot load it"):
         OnnxRuntimeBackend(path)
+
+
+def _both(model: onnx.ModelProto, feeds, tmp_path):
+    """(lowered backend result or its error text, kernel result or its error text)."""
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    results = []
+    for lower in (True, False):
+        backend = OnnxRuntimeBackend(path, lower_roi_align=lower)
+        assert backend.lowered == (1 if lower else 0)
+        try:
+            results.append(backend.session.run(None, feeds)[0])
+        except Exception as exc:  # noqa: BLE001  onnxruntime's own error types
+            results.append(str(exc))
+    return results
+
+
+# Not tried: a coordinate of 1e30, which onnxruntime 1.32's own kernel refuses with an integer-overflow error
+# in a plain process but crashed the interpreter (segmentation fault) inside pytest.
+@pytest.mark.parametrize("problem", ["inf", "nan", "negative index", "index past N"])
+def test_inputs_the_kernel_refuses_still_meet_its_check(problem, tmp_path):
+    """Non-finite or absurd RoIs and out-of-range batch indices run on onnxruntime's kernel, which refuses
+    them; the lowered form would wrap a negative index, and an infinite length would zero every RoI."""
+    feeds = _case(3)
+    feeds["X"] = np.concatenate([feeds["X"], feeds["X"]])[:2]
+    if problem in ("inf", "nan"):
+        feeds["rois"][1, 2] = {"inf": np.inf, "nan": np.nan}[problem]
+    else:
+        feeds["batch"][0] = -1 if problem == "negative index" else 2
+    lowered, kernel = _both(_model(), feeds, tmp_path)
+    assert isinstance(kernel, str), "the kernel accepted it"
+    assert isinstance(lowered, str) and "RoiAlign" in lowered, lowered
+
+
+def test_a_long_roi_takes_the_kernel_and_the_others_are_unchanged(tmp_path):
+    feeds = _case(3)
+    feeds["rois"][0] = [-5.0, -5.0, 70000.0, 60.0]  # 70000 * 0.25 / 7 = 2500 samples per bin, over MAX_GRID
+    lowered, kernel = _both(_model(), feeds, tmp_path)
+    np.testing.assert_allclose(lowered, kernel, rtol=0, atol=2e-6)
+
+
+def test_zero_channels_give_the_kernels_empty_bins(tmp_path):
+    feeds = _case(3)
+    feeds["X"] = feeds["X"][:, :0]
+    lowered, kernel = _both(_model(), feeds, tmp_path)
+    assert not isinstance(kernel, str) and lowered.shape == kernel.shape == (feeds["rois"].shape[0], 0, 7, 7)
+
+
+def test_non_square_nodes_stay_and_the_square_ones_are_still_lowered():
+    model, odd = _model(), _model()
+    node = odd.graph.node[0]
+    for a in node.attribute:
+        if a.name == "output_width":
+            a.i = 3
+    node.output[0] = "Y2"
+    model.graph.node.append(node)
+    model.graph.output.append(helper.make_tensor_value_info("Y2", TensorProto.FLOAT, ["r", "c", 7, 3]))
+    assert lower_roi_align(model) == 1
+    assert [n.op_type for n in model.graph.node].count("RoiAlign") == 1  # the 7x3 one, on the kernel
+    feeds = _case(4)
+    y, y2 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert y.shape[2:] == (7, 7) and y2.shape[2:] == (7, 3)

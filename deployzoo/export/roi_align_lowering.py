@@ -30,17 +30,24 @@ from onnx import TensorProto, helper, numpy_helper
 # RoIs per Loop iteration. Their crops, [CHUNK, h, w, C] at about 20 x 20 x 256 floats for a box stage, stay
 # a few MB, and 1000 RoIs take about 30 iterations (each costs some tens of microseconds of Loop overhead).
 CHUNK = 32
+# With adaptive sampling, a RoI longer than this many samples per bin (x output size, in map pixels) goes to
+# onnxruntime's kernel: the lowered form's sample tensors grow with the longest RoI ([R, out, samples]).
+MAX_GRID = 64
 
 
 def lower_roi_align(model: onnx.ModelProto, chunk: int = CHUNK) -> int:
-    """Replace every avg-mode ``RoiAlign`` node of ``model``'s main graph in place; returns how many.
+    """Replace every avg-mode, square-output ``RoiAlign`` node of ``model``'s main graph in place; returns how many.
 
-    Max-mode nodes and nodes inside subgraphs are left as they are. Raises ValueError for a model whose
-    default-domain opset is below 16 (Loop and ScatterElements-with-add need it) when it holds RoiAlign.
+    Each becomes an If: the lowered form when its inputs fit (finite RoIs, batch indices in range, channels,
+    RoIs not absurdly long), else the original node, so that bad inputs meet onnxruntime's own checks.
+    Max-mode and non-square nodes, and nodes inside subgraphs, are left as they are. Raises ValueError for
+    a model whose default-domain opset is below 16 (Loop and ScatterElements-with-add need it).
     """
     graph = model.graph
+    # Max mode and non-square bins are left to the kernel (each node on its own: the others are still lowered).
     targets = [n for n in graph.node if n.op_type == "RoiAlign" and n.domain in ("", "ai.onnx")
-               and _attr(n, "mode", b"avg") == b"avg"]
+               and _attr(n, "mode", b"avg") == b"avg"
+               and int(_attr(n, "output_height", 1)) == int(_attr(n, "output_width", 1))]
     if not targets:
         return 0
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -178,26 +185,77 @@ class _Lowering:
         return weights, first, crop
 
     def nodes(self) -> list[onnx.NodeProto]:
-        f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+        f32 = TensorProto.FLOAT
         features, rois, batch = self.node.input[:3]
         out = self.out
-        # Map sizes and the channels-last map with one zero row at the end, [N*H*W + 1, C].
+        # Map sizes and the channels-last map with one zero row at the end, [N*H*W + 1, C]. Outside the If
+        # below, so that onnxruntime computes it once for all the poolers that read the same FPN level.
         shape = self.op("Shape", [features])
         n, c, h, w = (self.op("Gather", [shape, self.const(k, np.int64)], axis=0) for k in range(4))
+        pad_row = self.op("Mul", [self.op("Mul", [n, h]), w])  # N*H*W: index of the zero row
         flat = self.op("Reshape", [self.op("Transpose", [features], perm=[0, 2, 3, 1]),
-                                   self.op("Concat", [self.const([-1], np.int64), self.unsqueeze(c, [0])], axis=0)])
+                                   self.op("Concat", [self.unsqueeze(pad_row, [0]), self.unsqueeze(c, [0])], axis=0)],
+                       allowzero=1)  # C may be 0: a 0 in the shape means 0 here, not "copy this dimension"
         zero_row = self.op("ConstantOfShape", [self.op("Concat", [self.const([1], np.int64), self.unsqueeze(c, [0])],
                                                        axis=0)], value=numpy_helper.from_array(np.zeros(1, np.float32)))
         flat = self.op("Concat", [flat, zero_row], axis=0)
-        pad_row = self.op("Mul", [self.op("Mul", [n, h]), w])  # index of the zero row
+        # batch_indices is int64 by the operator's definition: no Cast (onnxruntime would drop a no-op Cast and
+        # warn that it cannot rename its uses inside the If's subgraphs).
+        condition = self.inputs_fit(rois, batch, n, c)
+        outer, self.list = self.list, []
+        result = self.lowered(rois, batch, flat, c, h, w, pad_row)
+        then_branch = helper.make_graph(self.list, self.name("lowered"), [],
+                                        [helper.make_tensor_value_info(result, f32, [None, None, out, out])])
+        kernel_out = self.name("kernel")
+        kernel = helper.make_node("RoiAlign", list(self.node.input), [kernel_out], name=self.name("RoiAlign"),
+                                  domain=self.node.domain)
+        kernel.attribute.extend(self.node.attribute)
+        else_branch = helper.make_graph([kernel], self.name("kernel"), [],
+                                        [helper.make_tensor_value_info(kernel_out, f32, [None, None, out, out])])
+        self.list = outer
+        self.list.append(helper.make_node("If", [condition], [self.node.output[0]], name=self.name("If"),
+                                          then_branch=then_branch, else_branch=else_branch))
+        return self.list
+
+    def inputs_fit(self, rois: str, batch: str, n: str, c: str) -> str:
+        """True when the lowered form gives the kernel's answer at a sane cost: every RoI coordinate finite,
+        every batch index in [0, N), at least one channel and, with adaptive sampling, no RoI longer than
+        64 bins' worth of samples per bin. Otherwise the If runs onnxruntime's own kernel, which refuses
+        non-finite RoIs and out-of-range indices with its own error (the lowered Gathers would wrap a
+        negative index, and an infinite length would leave no sample for any RoI)."""
+        i64 = TensorProto.INT64
+        def with_zero_i(x: str) -> str:  # the values flattened, plus a 0, so that no RoIs reduce to 0
+            return self.op("Concat", [self.op("Reshape", [x, self.const([-1], np.int64)]), self.const([0], np.int64)],
+                           axis=0)
+
+        bad = self.op("Cast", [self.op("Or", [self.op("IsNaN", [rois]), self.op("IsInf", [rois])])], to=i64)
+        finite = self.op("Equal", [self.reduce("ReduceMax", with_zero_i(bad), [0]), self.const(0, np.int64)])
+        low = self.op("GreaterOrEqual", [self.reduce("ReduceMin", with_zero_i(batch), [0]), self.const(0, np.int64)])
+        high = self.op("Less", [self.reduce("ReduceMax", with_zero_i(batch), [0]), n])
+        channels = self.op("Greater", [c, self.const(0, np.int64)])
+        fits = self.op("And", [self.op("And", [finite, channels]), self.op("And", [low, high])])
+        if self.ratio > 0:
+            return fits
+        lengths = self.op("Sub", [self.op("Gather", [rois, self.const([2, 3], np.int64)], axis=1),
+                                  self.op("Gather", [rois, self.const([0, 1], np.int64)], axis=1)])
+        longest = self.reduce("ReduceMax", self.op("Concat", [self.op("Reshape", [lengths, self.const([-1], np.int64)]),
+                                                              self.const([0.0])], axis=0), [0])
+        short = self.op("LessOrEqual", [self.op("Mul", [longest, self.const(self.scale)]),
+                                        self.const(float(MAX_GRID * self.out))])
+        return self.op("And", [fits, short])
+
+    def lowered(self, rois: str, batch: str, flat: str, c: str, h: str, w: str, pad_row: str) -> str:
+        """The lowered computation (into self.list); returns the name of its [R, C, out, out] result."""
+        f32 = TensorProto.FLOAT
+        out = self.out
         coords = [self.op("Gather", [rois, self.const(k, np.int64)], axis=1) for k in range(4)]  # [R] each
         h_f, w_f = self.op("Cast", [h], to=f32), self.op("Cast", [w], to=f32)
         wy, y0, crop_h = self.axis(coords[1], coords[3], h_f)
         wx, x0, crop_w = self.axis(coords[0], coords[2], w_f)
-        batch = self.op("Cast", [batch], to=i64)
-        # Sort by crop size (height, then width) so a chunk's crops pad little; pad the order to whole chunks.
+        # Sort by crop height rounded up to steps of 1/4 of its power of two (at most 25% padding), then by
+        # width, so that a chunk's crops are alike in both; pad the order to whole chunks.
         r = self.op("Gather", [self.op("Shape", [coords[0]]), self.const(0, np.int64)], axis=0)
-        key = self.op("Add", [self.op("Mul", [crop_h, self.const(1 << 20, np.int64)]), crop_w])
+        key = self.op("Add", [self.op("Mul", [self.rounded_up(crop_h), self.const(1 << 20, np.int64)]), crop_w])
         _, order = self.op("TopK", [key, self.unsqueeze(r, [0])], outputs=2, axis=0, largest=0, sorted=1)
         chunk = self.const(self.chunk, np.int64)
         chunks = self.op("Div", [self.op("Add", [r, self.const(self.chunk - 1, np.int64)]), chunk])
@@ -207,7 +265,7 @@ class _Lowering:
                         axis=0)
         body = self.loop_body(flat, wy, wx, y0, x0, crop_h, crop_w, batch, order, h, w, pad_row)
         loop_out = self.name("loop_bins")
-        self.list.append(helper.make_node("Loop", [chunks, "", ], [loop_out], name=self.name("Loop"), body=body))
+        self.list.append(helper.make_node("Loop", [chunks, ""], [loop_out], name=self.name("Loop"), body=body))
         # [chunks, CHUNK, out, out, C] -> [padded, out, out, C] -> RoI order -> [R, C, out, out]
         bins = self.op("Reshape", [loop_out, self.op("Concat", [self.const([-1, out, out], np.int64),
                                                                   self.unsqueeze(c, [0])], axis=0)])
@@ -217,9 +275,16 @@ class _Lowering:
                                                self.op("Range", [self.const(0, np.int64), r, self.const(1, np.int64)])],
                            axis=0)
         ordered = self.op("Gather", [bins, position], axis=0)
-        self.list.append(helper.make_node("Transpose", [ordered], [self.node.output[0]], name=self.name("Transpose"),
-                                          perm=[0, 3, 1, 2]))
-        return self.list
+        return self.op("Transpose", [ordered], perm=[0, 3, 1, 2])
+
+    def rounded_up(self, length: str) -> str:
+        """int64 lengths rounded up to a step of 2^(floor(log2(length)) - 2), at least 1."""
+        f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+        value = self.op("Max", [self.op("Cast", [length], to=f32), self.const(1.0)])
+        power = self.op("Floor", [self.op("Div", [self.op("Log", [value]), self.const(np.log(2.0))])])
+        step = self.op("Max", [self.op("Pow", [self.const(2.0), self.op("Sub", [power, self.const(2.0)])]),
+                               self.const(1.0)])
+        return self.op("Cast", [self.op("Mul", [self.op("Ceil", [self.op("Div", [value, step])]), step])], to=i64)
 
     def loop_body(self, flat, wy, wx, y0, x0, crop_h, crop_w, batch, order, h, w, pad_row):
         """One chunk: gather its crops [K, hc, wc * C] and run the two batched MatMuls -> [K, out, out, C]."""
