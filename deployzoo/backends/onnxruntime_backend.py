@@ -110,5 +110,5 @@ def _lowered_model(model_path: str | Path) -> tuple[int, bytes] | None:
         return None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None  # weights in side files: the session must read them from the file's folder
-    count = lower_roi_align(model)  # ValueError for an opset below 16 or non-square bins: the caller runs the file
+    count = lower_roi_align(model)  # ValueError for an opset below 16: the caller runs the file
     return count, model.SerializeToString()
