@@ -76,9 +76,7 @@ class _Lowering:
 
     def __init__(self, node: onnx.NodeProto, prefix: str, opset: int, chunk: int):
         self.node, self.prefix, self.opset, self.chunk = node, prefix, opset, chunk
-        self.out = int(_attr(node, "output_height", 1))
-        if int(_attr(node, "output_width", 1)) != self.out:
-            raise ValueError(f"RoiAlign node {node.name!r}: only square outputs are lowered")
+        self.out = int(_attr(node, "output_height", 1))  # square: lower_roi_align leaves the others
         self.ratio = int(_attr(node, "sampling_ratio", 0))
         self.scale = float(_attr(node, "spatial_scale", 1.0))
         mode = _attr(node, "coordinate_transformation_mode", b"half_pixel")
@@ -278,7 +276,8 @@ class _Lowering:
         return self.op("Transpose", [ordered], perm=[0, 3, 1, 2])
 
     def rounded_up(self, length: str) -> str:
-        """int64 lengths rounded up to a step of 2^(floor(log2(length)) - 2), at least 1."""
+        """int64 lengths rounded up to a step of 2^(floor(log2(length)) - 2), at least 1: the graph form of
+        deployzoo.ops.roi_align._round_up, which groups the eager batched form's crops the same way."""
         f32, i64 = TensorProto.FLOAT, TensorProto.INT64
         value = self.op("Max", [self.op("Cast", [length], to=f32), self.const(1.0)])
         power = self.op("Floor", [self.op("Div", [self.op("Log", [value]), self.const(np.log(2.0))])])
