@@ -168,3 +168,33 @@ def test_steady_rate_starts_where_the_first_inference_ended():
     assert "end of the first batch's inference" in steady["basis"]
     timer.inferred()
     assert timer.first_inferred == 9.5  # only the first call marks
+
+
+def test_steady_window_ends_with_the_last_inference_not_the_drain():
+    """Batch N's own post-processing runs after the last inference with nothing to overlap: draining the pipeline,
+    a one-off like filling it, so the window ends at batch N's inference (or batch N-1's post-processing)."""
+    # inference ends at 9.5, 10.5, 11.5; results (post-processed) at 10.0, 11.0, 12.5 (the last one drains)
+    timer = StageTimer(finished=[(10.0, 4), (11.0, 4), (12.5, 4)], first_inferred=9.5, inference_ends=[9.5, 10.5, 11.5])
+    steady = timer.steady_rate()
+    assert steady["seconds"] == pytest.approx(2.0) and steady["images"] == 8 and steady["images_per_s"] == pytest.approx(4.0)
+    assert "draining not counted" in steady["basis"]
+    # post-processing slower than inference: batch N-1's results end the window, at the post-processing's pace
+    slow = StageTimer(finished=[(11.0, 4), (13.0, 4), (15.0, 4)], first_inferred=9.5, inference_ends=[9.5, 10.5, 11.5])
+    assert slow.steady_rate()["seconds"] == pytest.approx(13.0 - 9.5)
+    # ``batches`` cuts both lists at the same batch
+    assert timer.steady_rate(2)["seconds"] == pytest.approx(1.0) and timer.steady_rate(2)["images"] == 4
+
+
+def test_run_dataset_marks_every_inference_end(refinedet_spec, synthetic_voc):
+    """One inference end per inferred batch, in order, the first equal to ``first_inferred``."""
+    dataset = refinedet_spec.evaluation.open(synthetic_voc)
+    items = [ImageItem(i, str(dataset.image_path(i))) for i in dataset.ids[:5]]
+    for overlap in (True, False):
+        run = run_dataset(items, refinedet_spec.preprocess, _zero_outputs, _no_detections, 2,
+                          refinedet_spec.make_feeds, workers=0, progress=False, overlap=overlap)
+        ends = run.timer.inference_ends
+        assert len(ends) == 3 and ends == sorted(ends) and ends[0] == run.timer.first_inferred
+        steady = run.timer.steady_rate()
+        assert steady["images"] == 3 and "draining not counted" in steady["basis"]
+        # the window ends at the last inference or the previous batch's results, never at the last results
+        assert steady["seconds"] == pytest.approx(max(ends[-1], run.timer.finished[-2][0]) - ends[0])

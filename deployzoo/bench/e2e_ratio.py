@@ -5,10 +5,12 @@ timed again on the graph inputs the pipeline fed it, batch by batch (real images
 in the run), with nothing else running; a detector's time depends on each input's size and, through NMS and the
 mask head, on its content, so neither random inputs of another shape nor one batch standing for images of other
 sizes compare like with like (one batch did: PSPNet read 0.78 and Mask R-CNN 1.53 on 6 images of mixed sizes).
-The end-to-end side is the pipeline's steady rate (``StageTimer.steady_rate``) over the same batches: images
-finished after the first batch over the time from the end of the first batch's inference to the last batch's
-results, so worker start-up and the filling of the pipeline, which a long run amortises, are not counted. The
-whole run's wall-clock rate is kept beside it. Both sides move with the machine's speed (on a shared 2-core VM
+The end-to-end side is the pipeline's steady rate (``StageTimer.steady_rate``) over the same batches: the images
+of the batches after the first over the time from the end of the first batch's inference to the end of the last
+batch's inference or of the previous batch's post-processing, whichever is later. That window holds one whole
+period (an inference and, overlapped with it, the previous batch's post-processing) per counted batch, so worker
+start-up, the filling of the pipeline and its draining (the last batch's own post-processing, after the last
+inference), which a long run amortises, are not counted. The whole run's wall-clock rate is kept beside it. Both sides move with the machine's speed (on a shared 2-core VM
 the same batch took 4.3 s in one minute and 6.2 s a few minutes later), so ``ratio_rounds`` alternates a
 pipeline pass and a replay over the same images and reports the median of the rounds' ratios. With fewer than
 two batches kept, the benchmark cell nearest the evaluation batch stands in, timed on the first full batch

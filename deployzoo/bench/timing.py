@@ -140,6 +140,8 @@ class StageTimer:
     finished: list[tuple[float, int]] = field(default_factory=list, repr=False)
     # perf_counter when the first batch's inference ended (``inferred()``), where ``steady_rate`` starts.
     first_inferred: float | None = field(default=None, repr=False)
+    # perf_counter at the end of every batch's inference (``inferred()``), in batch order, where it may end.
+    inference_ends: list[float] = field(default_factory=list, repr=False)
 
     def add(self, stage: str, seconds: float) -> None:
         """Add ``seconds`` of wall time to ``stage`` (created on first use)."""
@@ -160,30 +162,41 @@ class StageTimer:
         self.finished.append((time.perf_counter(), int(n)))
 
     def inferred(self) -> None:
-        """Mark the end of the first batch's inference (later calls change nothing)."""
+        """Mark the end of a batch's inference (call once per inferred batch, in order); the first call also sets
+        ``first_inferred``, later calls do not move it."""
+        now = time.perf_counter()
         if self.first_inferred is None:
-            self.first_inferred = time.perf_counter()
+            self.first_inferred = now
+        self.inference_ends.append(now)
 
     def steady_rate(self, batches: int | None = None) -> dict[str, Any] | None:
-        """The pipeline's steady throughput: images finished after the first batch over the time from the end of
-        the first batch's inference (``inferred()``; without it, the first batch's results) to the last batch's
-        results, so neither filling the pipeline (the first batch read and preprocessed with nothing to overlap)
-        nor worker start-up is counted. Starting at the first inference's end rather than at the first results
-        keeps the window from flattering a short run: the first batch's post-processing, which overlaps the
-        second batch's inference, would otherwise be cut from the window while the last batch's is in it.
+        """The pipeline's steady throughput over batches 2..N: their images over the window from the end of the
+        first batch's inference (``inferred()``; without it, the first batch's results) to the end of batch N's
+        inference or of batch N-1's post-processing, whichever is later. In a steady pipeline each period holds one
+        batch's inference and, overlapped with it, the previous batch's post-processing, so this window holds N-1
+        whole periods: neither filling the pipeline (the first batch read and preprocessed with nothing to
+        overlap, worker start-up) nor draining it (batch N's own post-processing, after the last inference) is
+        counted, as a long run amortises both. A pipeline whose post-processing is slower than inference ends on
+        batch N-1's post-processing, so it is measured at the post-processing's pace. Without an inference end per
+        batch (timers filled by hand) the window ends at batch N's results, one post-processing longer.
         ``batches``: only the first that many finished batches. None with fewer than two finished batches."""
         finished = self.finished if batches is None else self.finished[:batches]
         if len(finished) < 2:
             return None
         start = self.first_inferred if self.first_inferred is not None else finished[0][0]
-        seconds = finished[-1][0] - start
+        per_batch = len(self.inference_ends) >= len(finished)
+        end = max(self.inference_ends[len(finished) - 1], finished[-2][0]) if per_batch else finished[-1][0]
+        seconds = end - start
         images = sum(n for _, n in finished[1:])
         if seconds <= 0 or images <= 0:
             return None
+        basis = ("images of the batches after the first / seconds from the end of the first batch's inference to "
+                 "the end of the last batch's inference or of the previous batch's post-processing, whichever is "
+                 "later (the pipeline's filling and draining not counted)" if per_batch else
+                 "images finished after the first batch / seconds from the end of the first batch's "
+                 + ("inference" if self.first_inferred is not None else "results") + " to the last results")
         return {"images_per_s": images / seconds, "images": images, "seconds": seconds,
-                "batches": len(finished) - 1,
-                "basis": "images finished after the first batch / seconds from the end of the first batch's "
-                         + ("inference" if self.first_inferred is not None else "results") + " to the last results"}
+                "batches": len(finished) - 1, "basis": basis}
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
@@ -251,9 +264,8 @@ class StageTimer:
             note += f", from the first prepared image on ({self.startup_s:.2f} s of start-up before it not counted)"
         steady = self.steady_rate()
         if steady is not None:
-            note += (f"; steady rate {steady['images_per_s']:.2f} images/s ({steady['images']} images finished in "
-                     f"{steady['seconds']:.2f} s after the first batch's "
-                     + ("inference" if self.first_inferred is not None else "results") + ")")
+            note += (f"; steady rate {steady['images_per_s']:.2f} images/s ({steady['images']} images of the "
+                     f"batches after the first in {steady['seconds']:.2f} s: {steady['basis']})")
         lines.append(note + ".")
         return "\n".join(lines)
 
