@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from deployzoo.backends import BACKENDS
-from deployzoo.errors import DeployzooError
+from deployzoo.errors import BadInputError, DeployzooError
 from deployzoo.figures import headline_text
 from deployzoo.option_types import (MAX_BATCH, MAX_GENERATED_IMAGES, MAX_THREADS, MAX_WORKERS, finite_number,
                                     whole_number)
@@ -27,11 +27,16 @@ def _batch_size(text: str) -> int:
     return value
 
 
+def _repeated(values: list) -> list:
+    """The values given more than once, sorted (an option's list: the same cells would run twice)."""
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 def _batch_list(text: str) -> list[int]:
     values = [_batch_size(v.strip()) for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got '{text}'")
-    repeated = sorted({v for v in values if values.count(v) > 1})
+    repeated = _repeated(values)
     if repeated:  # the same cells would be timed twice and listed twice
         raise argparse.ArgumentTypeError(f"batch size {', '.join(map(str, repeated))} given more than once in '{text}'")
     return values
@@ -73,6 +78,26 @@ def _calibration(args: argparse.Namespace, data=None):
     return Calibration(getattr(args, "calibration_data", None) or data, getattr(args, "calibration_images", 16))
 
 
+def _refuse_precision(backend: str, precision: str) -> None:
+    """Refuse a precision ``backend`` does not offer, or (OpenVINO fp16/bf16) this CPU does not run natively,
+    before anything is built, exported or generated: each command calls this first.
+
+    Raises:
+        UnsupportedPrecision: with the backend's or the CPU plugin's reason.
+    """
+    if precision == "auto":
+        return  # auto keeps to the candidates this backend offers here
+    from deployzoo.precision import UnsupportedPrecision, check_precision
+
+    check_precision(backend, precision)
+    if backend == "openvino" and precision in ("fp16", "bf16"):
+        from deployzoo.backends.openvino_backend import precision_refusal
+
+        refusal = precision_refusal(precision)
+        if refusal:
+            raise UnsupportedPrecision(f"openvino cannot run {precision}: {refusal}")
+
+
 def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, loaded=None, onnx=None,
                        data=None) -> tuple[str, dict | None]:
     """--precision as given, or auto's choice; below fp32 the accuracy guard runs first and is reported."""
@@ -84,13 +109,7 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
 
     if args.precision == "fp32":
         return "fp32", None
-    if backend == "openvino" and args.precision in ("fp16", "bf16"):  # refused now, not after export and guard data
-        from deployzoo.backends.openvino_backend import precision_refusal
-        from deployzoo.precision import UnsupportedPrecision
-
-        refusal = precision_refusal(args.precision)
-        if refusal:
-            raise UnsupportedPrecision(f"openvino cannot run {args.precision}: {refusal}")
+    _refuse_precision(backend, args.precision)
     if onnx is None or backend not in ONNX_BACKENDS:  # build the model (and its export) once for both guard engines
         loaded = loaded or load_model(spec, args.checkpoint)
     if onnx is None and backend in ONNX_BACKENDS:
@@ -198,7 +217,6 @@ def _checked_onnx(path: str | None, spec, command: str):
     """Check a user's .onnx before any work (one error line naming the file) and say what matters about it.
     ``spec``: the model the user named, or None (``bench FILE.onnx``: the file's metadata names it).
     Returns the spec to run it as (``spec`` itself when given)."""
-    from deployzoo.errors import BadInputError
     from deployzoo.export.onnx_export import check_onnx_for_model, inspect_onnx_file
     from deployzoo.registry import get_spec
 
@@ -270,6 +288,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from deployzoo.data.inputs import check_image_files, output_names
 
+    _refuse_precision(args.backend, args.precision)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "predict")
     # Every input looked at before weights load (seconds, nothing written): each can have its own output
@@ -330,6 +349,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from deployzoo.pipeline import dump_infer, evaluate_dataset, fingerprint_file, open_engine, split_names
 
     args.protocol = choose_protocol(get_spec(args.model).evaluation, args.protocol)  # refused before any file is read
+    if not args.dumps:
+        _refuse_precision(args.backend, args.precision)
     spec = _spec(args)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     from deployzoo.eval.coco_eval import check_evaluator
@@ -421,6 +442,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return run_score_command(args)
 
 
+def _guard_can_open(onnx_path: str | Path, precision: str) -> None:
+    """A user's ONNX file below fp32: the accuracy guard (and auto's timing) opens it at batch 1, so a file fixed to
+    another batch is refused now, before the guard's data is made, rather than by the guard's engine."""
+    from deployzoo.onnx_batch import fixed_batch
+
+    fixed = fixed_batch(onnx_path)
+    if fixed is not None and fixed != 1:
+        raise BadInputError(onnx_path, f"its input is fixed to batch {fixed}, but the accuracy guard of --precision "
+                                       f"{precision} runs it at batch 1; export with --dynamic-batch (or --batch 1), "
+                                       f"or bench it at fp32 (nothing was measured)")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.bench.pure import bench_sweep
@@ -433,6 +466,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.e2e:
         return _bench_e2e(args)
     _check_device(args.device)
+    _refuse_precision(args.backend, args.precision)
     args.warmup = 3 if args.warmup is None else args.warmup
     out = Path(args.out or "runs/bench")
     target = args.model
@@ -446,6 +480,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from deployzoo.onnx_batch import check_batch_sizes
 
         check_batch_sizes(onnx_path, args.batch)  # a file fixed to batch 1 cannot time batch 4: say so first
+        if args.precision != "fp32":
+            _guard_can_open(onnx_path, args.precision)
         onnx_files = {b: Path(onnx_path) for b in args.batch}
     else:
         spec = _spec(args, target)
@@ -454,8 +490,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.backend in ONNX_BACKENDS:
             for b in args.batch:
                 onnx_files[b] = cached_onnx(loaded, batch_size=b).path
-    precision, guard = _resolve_precision(args, spec, args.backend, out, loaded=loaded,
-                                          onnx=onnx_files.get(1) or next(iter(onnx_files.values()), None),
+    # The guard and auto's timing run at batch 1: the batch-1 file (exported by _resolve_precision when --batch
+    # leaves it out), or the user's file, which _guard_can_open checked opens at batch 1.
+    guard_onnx = onnx_files.get(1) if loaded is not None else next(iter(onnx_files.values()), None)
+    precision, guard = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=guard_onnx,
                                           data=args.data)
 
     def make(batch: int):
@@ -599,6 +637,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from deployzoo.verify import compare_engines
     from deployzoo.bench.report import write_json
 
+    _refuse_precision(args.backend, args.precision)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "compare")
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
@@ -688,7 +727,7 @@ def _checked_names(text: str, option: str, allowed) -> list[str]:
         if name not in allowed:
             raise DeployzooError(f"unknown {option.lstrip('-').rstrip('s')} '{name}' in {option}; available: "
                                  f"{', '.join(allowed)}")
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = _repeated(names)
     if repeated:
         raise DeployzooError(f"{option} names {', '.join(repeated)} more than once")
     return names
@@ -701,14 +740,16 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from deployzoo.precision import PRECISIONS
     from deployzoo.registry import get_spec, model_names
 
-    models = model_names() if args.models == "all" else _name_list(args.models)
+    models = model_names() if args.models.strip() == "all" else _name_list(args.models)
+    if args.models.strip() != "all" and "all" in models:
+        raise DeployzooError(f"--models 'all' stands alone (got '{args.models}'): it already names every model")
     for m in models:
         get_spec(m)  # an unknown name fails before anything runs
     backends = _checked_names(args.backends, "--backends", list(BACKENDS))
     precisions = _checked_names(args.precisions, "--precisions", list(PRECISIONS))
     if not models:
         raise DeployzooError(f"--models names nothing (got '{args.models}'); give 'all' or registry names")
-    repeated = sorted({m for m in models if models.count(m) > 1})
+    repeated = _repeated(models)
     if repeated:
         raise DeployzooError(f"--models names {', '.join(repeated)} more than once")
     settings = MatrixSettings(warmup=args.warmup, min_iters=args.iters, min_seconds=args.min_seconds,

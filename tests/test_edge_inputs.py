@@ -442,6 +442,7 @@ def test_bench_e2e_checks_its_images_before_the_model(tmp_path, monkeypatch, cap
     (["--precisions", ","], "--precisions names nothing"),
     (["--models", ","], "--models names nothing"),
     (["--models", f"{REFINEDET},{REFINEDET}"], f"--models names {REFINEDET} more than once"),
+    (["--models", f"all,{REFINEDET}"], "--models 'all' stands alone"),
 ])
 def test_matrix_refuses_empty_and_repeated_lists(options, message, tmp_path, capsys):
     from deployzoo.cli import main
@@ -510,3 +511,84 @@ def test_openvino_precision_the_cpu_lacks_is_refused_before_export_and_guard_dat
                  str(image)]) == 2
     assert f"openvino cannot run {precision}" in capsys.readouterr().err
     assert not (out / "guard-data").exists()
+
+
+def _no_export(*args, **kwargs):
+    raise AssertionError("an ONNX file was exported before the precision was checked")
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "compare", "bench"])
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "bf16"), ("onnxruntime", "int8"),
+                                                ("pytorch", "int8"), ("openvino", "bf16")])
+def test_a_precision_the_backend_cannot_run_is_refused_before_any_work(command, backend, precision, tmp_path,
+                                                                       monkeypatch, capsys):
+    """Every command with --precision refuses it first: no model built, no export (bench exported every --batch
+    before), no guard data generated."""
+    import deployzoo.cache
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is not installed")
+        import deployzoo.backends.openvino_backend as ov_backend
+
+        monkeypatch.setattr(ov_backend, "precision_refusal", lambda p, caps=None: "this CPU has no native it (test)")
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
+    monkeypatch.setattr(deployzoo.cache, "cached_onnx", _no_export)
+    out = tmp_path / "o"
+    args = {"predict": ["predict", REFINEDET, str(_png(tmp_path / "a.png"))],
+            "eval": ["eval", REFINEDET, "--data", str(tmp_path / "no-such-data")],
+            "compare": ["compare", REFINEDET],
+            "bench": ["bench", REFINEDET, "--batch", "2,4"]}[command]
+    assert main([*args, "--backend", backend, "--precision", precision, "--out", str(out)]) == 2
+    assert f"{backend} cannot run {precision}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bench_below_fp32_refuses_a_user_file_fixed_to_another_batch_before_the_guard(tmp_path, monkeypatch, capsys):
+    """The guard runs the file at batch 1: a file fixed to batch 2 is named now, not by the guard's engine after
+    its data was generated."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    import deployzoo.cli
+    from deployzoo.cli import main
+
+    fixed = tmp_path / "b2.onnx"
+    fixed.write_bytes(b"stand-in")
+    monkeypatch.setattr(deployzoo.cli, "_checked_onnx", lambda path, spec, command: spec)
+    monkeypatch.setattr("deployzoo.onnx_batch.fixed_batch", lambda path: 2)
+    out = tmp_path / "o"
+    assert main(["bench", REFINEDET, "--onnx", str(fixed), "--backend", "openvino", "--precision", "int8",
+                 "--batch", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "b2.onnx" in err and "fixed to batch 2" in err and "accuracy guard" in err
+    assert not (out / "guard-data").exists()
+
+
+@pytest.mark.parametrize("batches, expected", [("2", None), ("1,4", "b1.onnx"), ("4,1", "b1.onnx")])
+def test_bench_below_fp32_guards_the_batch_1_export(batches, expected, tmp_path, monkeypatch):
+    """bench --batch 2 --precision int8 handed the guard (which runs at batch 1) the batch-2 export, which it could
+    not open; now it gets the batch-1 file, or none and exports it itself."""
+    from types import SimpleNamespace
+
+    import deployzoo.cache
+    import deployzoo.cli
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    seen = {}
+
+    class _Stop(Exception):
+        pass
+
+    def resolve(args, spec, backend, out, loaded=None, onnx=None, data=None):
+        seen["onnx"] = onnx
+        raise _Stop
+
+    monkeypatch.setattr(deployzoo.engine, "load_model", lambda spec, checkpoint: SimpleNamespace(model=None))
+    monkeypatch.setattr(deployzoo.cache, "cached_onnx",
+                        lambda loaded, batch_size=1, **kw: SimpleNamespace(path=tmp_path / f"b{batch_size}.onnx"))
+    monkeypatch.setattr(deployzoo.cli, "_resolve_precision", resolve)
+    with pytest.raises(_Stop):
+        main(["bench", REFINEDET, "--backend", "openvino", "--precision", "int8", "--batch", batches,
+              "--out", str(tmp_path / "o")])
+    assert (seen["onnx"] is None) if expected is None else (seen["onnx"].name == expected)

@@ -1,0 +1,125 @@
+"""Today's engines against the eager PyTorch backend of an earlier commit, interleaved in one process.
+
+    git worktree add /tmp/dz-then 02339a1
+    .venv/bin/python scripts/bench_then_and_now.py /tmp/dz-then [--model d2-cascade-mask-rcnn-r50-fpn-3x]
+        [--rounds 5] [--threads 2] [--image PATH]
+
+Why: issue 15 measures speed against detectron2 itself, which cannot be installed here, and names our eager
+backend of that day as its stand-in (4.73 s against detectron2's 4.78 s per image on its machine). Our eager
+backend has become faster since (FrozenBatchNorm2d as one fused ``F.batch_norm``, as detectron2 runs it), so
+"x today's eager" is a stricter yardstick than "x detectron2"; this prints both. 02339a1 is the last commit
+before the issue's work began.
+
+How: the earlier checkout's package is imported first and its eager engine built (stand-in weights, the
+same seed), then its modules are dropped from ``sys.modules`` and this checkout's engines are built; each keeps
+the code it was built with. Both sides preprocess the image and must give the same graph inputs (checked), and
+the outputs of every engine are compared with the earlier eager's (largest absolute difference, printed).
+Basis: wall time of the engine's ``infer`` call alone (the host stages are the same code for every engine and a
+few hundredths of a second; ``bench --e2e`` times them), one warm-up call each, then ``--rounds`` rounds in
+which every engine runs once, the order rotating each round; medians over the rounds. Say the machine's load
+with the figures: on a shared VM one call can take 30% longer than the next.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _open(root: Path, model: str, image: str, backends: list[str], threads: int, work_dir: str):
+    """Engines of the package under ``root`` and its graph inputs for ``image``; the package is unloaded after."""
+    import cv2
+
+    sys.path.insert(0, str(root))
+    try:
+        from deployzoo.engine import load_model
+        from deployzoo.pipeline import open_engine
+        from deployzoo.registry import get_spec
+
+        spec = get_spec(model)
+        loaded = load_model(spec, None)
+        picture = cv2.imread(image)
+        if picture is None:
+            raise SystemExit(f"error: {image}: not an image OpenCV can read")
+        array, meta = spec.preprocess(picture)
+        feeds = spec.make_feeds([array], [meta], 1)
+        engines = {}
+        for backend in backends:
+            onnx = None
+            if backend != "pytorch":
+                from deployzoo.cache import cached_onnx
+
+                onnx = cached_onnx(loaded, batch_size=1).path
+            engines[backend] = open_engine(spec, backend, 1, onnx_path=onnx, loaded=loaded, threads=threads,
+                                           work_dir=work_dir)
+    finally:
+        sys.path.remove(str(root))
+        for name in [n for n in sys.modules if n == "deployzoo" or n.startswith("deployzoo.")]:
+            del sys.modules[name]
+    return engines, feeds
+
+
+def _max_diff(a: dict, b: dict) -> dict[str, float]:
+    out = {}
+    for key in b:
+        x, y = np.asarray(a.get(key)), np.asarray(b[key])
+        if x.shape == y.shape and x.size:
+            out[key] = float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("then", type=Path, help="checkout of the earlier commit (git worktree add DIR COMMIT)")
+    parser.add_argument("--model", default="d2-cascade-mask-rcnn-r50-fpn-3x")
+    parser.add_argument("--backends", default="pytorch,onnxruntime,openvino", help="today's engines")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image", default=None, help="default: the model's fixture image case-1.png")
+    parser.add_argument("--work-dir", default="runs/then-and-now")
+    args = parser.parse_args()
+    if not (args.then / "deployzoo" / "__init__.py").is_file():
+        parser.error(f"{args.then}: no deployzoo package there (make it with git worktree add {args.then} COMMIT)")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    image = args.image or str(ROOT / "tests" / "fixtures" / args.model / "case-1.png")
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+
+    then, then_feeds = _open(args.then.resolve(), args.model, image, ["pytorch"], args.threads, args.work_dir)
+    now, feeds = _open(ROOT, args.model, image, args.backends.split(","), args.threads, args.work_dir)
+    for key in feeds:
+        if not np.array_equal(np.asarray(feeds[key]), np.asarray(then_feeds[key])):
+            raise SystemExit(f"error: the two checkouts preprocess {image} differently (input {key!r})")
+    yardstick = f"eager fp32 @ {args.then.name} (then)"
+    engines = {yardstick: then["pytorch"], **{f"{name} fp32 today": engine for name, engine in now.items()}}
+    reference = engines[yardstick].infer(feeds)
+    for name, engine in engines.items():
+        diffs = _max_diff(engine.infer(feeds), reference)  # also the warm-up call
+        print(f"{name}: largest |difference| from {yardstick}: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    names = list(engines)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            engines[name].infer(feeds)
+            times[name].append(time.perf_counter() - t0)
+        print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names), flush=True)
+    then_s = float(np.median(times[yardstick]))
+    now_name = "pytorch fp32 today"
+    now_s = float(np.median(times[now_name])) if now_name in times else None
+    print(f"\n{args.model}, infer call, median of {args.rounds} rounds, {args.threads} threads")
+    print(f"| engine | s/image | time / eager then | time / eager today |\n|---|---:|---:|---:|")
+    for name in names:
+        s = float(np.median(times[name]))
+        today = f"{s / now_s:.3f}" if now_s else "-"
+        print(f"| {name} | {s:.3f} | {s / then_s:.3f} | {today} |")
+
+
+if __name__ == "__main__":
+    main()
