@@ -302,3 +302,59 @@ def test_run_report_holds_the_settings(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["test_settings"] == {"input_size": 320, "max_size": None, "score_threshold": 0.2, "max_dets": 3,
                                        "changed": ["max_dets", "score_threshold"]}
+
+
+def _detections(name, outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes [n,4], scores [n], labels [n]) of image 0 from a model's outputs (FSAF packs boxes and scores)."""
+    outputs = [np.asarray(o.numpy() if isinstance(o, torch.Tensor) else o) for o in outputs]
+    if name == FSAF:
+        dets, labels, num_dets = outputs[:3]
+        n = int(num_dets[0])
+        return dets[0, :n, :4], dets[0, :n, 4], labels[0, :n]
+    boxes, scores, labels, num_dets = outputs[:4]
+    n = int(num_dets[0])
+    return boxes[0, :n], scores[0, :n], labels[0, :n]
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", [FSAF, D2_CASCADE])
+def test_fsaf_and_cascade_settings_in_the_model_and_its_onnx(name, tmp_path):
+    """FSAF (mmdet) and Cascade Mask R-CNN (detectron2) built with a score threshold and max detections give the
+    official model's detections above the threshold, the first K of them (score filtering comes before NMS and
+    the top-K cut in both, and a box above the threshold is only suppressed by higher ones), and the exported
+    graph gives what the PyTorch model built with them gives, the settings in its metadata."""
+    from deployzoo.engine import load_model, make_backend
+    from deployzoo.export.onnx_export import read_metadata
+    from deployzoo.pipeline import export_model
+    from deployzoo.registry import get_spec
+
+    official = load_model(get_spec(name))
+    array, meta = official.spec.preprocess(_image(hw=(256, 320)))  # the model's own input scale and padding
+    feeds = official.spec.make_feeds([array], [meta], 1)
+    torch_feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        boxes, scores, labels = _detections(name, official.model(**torch_feeds))
+    assert scores.size >= 20, "stand-in weights gave too few detections for the settings to bite"
+    threshold = float(scores[14])  # 14 detections score above it (ties aside), more than K = 7
+    above = scores > threshold
+    assert 7 < int(above.sum()) < scores.size
+    spec = _spec(name, score_threshold=threshold, max_dets=7)
+    loaded = load_model(spec)
+    loaded.model.load_state_dict(official.model.state_dict())
+    with torch.no_grad():
+        eager = loaded.model(**torch_feeds)
+    b7, s7, l7 = _detections(name, eager)
+    assert s7.size == 7 and (s7 > threshold).all()
+    np.testing.assert_allclose(s7, scores[above][:7], atol=1e-6)
+    np.testing.assert_allclose(b7, boxes[above][:7], atol=1e-4)
+    np.testing.assert_array_equal(l7, labels[above][:7])
+
+    result = export_model(loaded, tmp_path / "m.onnx")
+    stored = json.loads(read_metadata(result.path)["deployzoo.test_settings"])
+    assert (stored["score_threshold"], stored["max_dets"]) == (threshold, 7)
+    outputs = make_backend("onnxruntime", loaded.spec, 1, onnx_path=result.path).infer(feeds)
+    ob, os_, ol = _detections(name, [outputs[k] for k in loaded.spec.output_names])
+    assert os_.size == 7
+    np.testing.assert_allclose(os_, s7, atol=1e-5)
+    np.testing.assert_allclose(ob, b7, atol=1e-3)
+    np.testing.assert_array_equal(ol, l7)
