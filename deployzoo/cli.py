@@ -53,6 +53,23 @@ def _add_engine_args(p: argparse.ArgumentParser, backend_default: str = "onnxrun
     _add_precision_args(p)
 
 
+def _precision_names(text: str) -> list[str]:
+    """--auto-precisions: comma-separated precisions, each known and given once, at least one (parse time, before
+    any export or guard data)."""
+    from deployzoo.precision import PRECISIONS
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"names nothing (got '{text}'); give comma-separated precisions from: "
+                                         f"{', '.join(PRECISIONS)}")
+    unknown = [n for n in names if n not in PRECISIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    if _repeated(names):
+        raise argparse.ArgumentTypeError(f"names {', '.join(_repeated(names))} more than once")
+    return names
+
+
 def _add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=list(PRECISION_CHOICES),
                    help="fp16/bf16/int8 engines are checked by the accuracy guard (metric vs fp32 on a sample, "
@@ -63,7 +80,7 @@ def _add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guard-tolerance", type=finite_number("--guard-tolerance", 0, 100), default=0.5,
                    help="largest metric drop (points, 0-100) the guard allows")
     p.add_argument("--guard-data", help="dataset for the guard (default: the command's --data, else a synthetic set)")
-    p.add_argument("--auto-precisions", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+    p.add_argument("--auto-precisions", type=_precision_names,
                    help="the candidates --precision auto measures (default: all the backend offers here)")
     p.add_argument("--calibration-data", help="int8 calibration dataset (default: the command's --data, else a "
                                               "generated synthetic set, which it says)")
@@ -78,16 +95,27 @@ def _calibration(args: argparse.Namespace, data=None):
     return Calibration(getattr(args, "calibration_data", None) or data, getattr(args, "calibration_images", 16))
 
 
-def _refuse_precision(backend: str, precision: str) -> None:
+def _refuse_precision(backend: str, precision: str, auto_precisions: list[str] | None = None) -> None:
     """Refuse a precision ``backend`` does not offer, or (OpenVINO fp16/bf16) this CPU does not run natively,
-    before anything is built, exported or generated: each command calls this first.
+    before anything is built, exported or generated: each command calls this first. ``auto`` is refused when none
+    of its candidates (``auto_precisions``, default all) below fp32 is offered: it would export, make guard data
+    and time fp32 only to keep fp32.
 
     Raises:
         UnsupportedPrecision: with the backend's or the CPU plugin's reason.
     """
-    if precision == "auto":
-        return  # auto keeps to the candidates this backend offers here
     from deployzoo.precision import UnsupportedPrecision, check_precision
+
+    if precision == "auto":
+        from deployzoo.precision_auto import auto_candidates
+
+        candidates, notes = auto_candidates(backend, auto_precisions)
+        if not [c for c in candidates if c != "fp32"]:
+            why = "; ".join(f"{p} {reason}" for p, reason in notes.items() if p != "fp32")
+            raise UnsupportedPrecision(f"--precision auto has nothing below fp32 to choose from on {backend} here "
+                                       f"({why}): run --precision fp32"
+                                       + ("" if backend == "openvino" else ", or --backend openvino --precision auto"))
+        return
 
     check_precision(backend, precision)
     if backend == "openvino" and precision in ("fp16", "bf16"):
@@ -109,7 +137,7 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
 
     if args.precision == "fp32":
         return "fp32", None
-    _refuse_precision(backend, args.precision)
+    _refuse_precision(backend, args.precision, getattr(args, "auto_precisions", None))
     if onnx is None or backend not in ONNX_BACKENDS:  # build the model (and its export) once for both guard engines
         loaded = loaded or load_model(spec, args.checkpoint)
     if onnx is None and backend in ONNX_BACKENDS:
@@ -288,9 +316,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from deployzoo.data.inputs import check_image_files, output_names
 
-    _refuse_precision(args.backend, args.precision)
+    _refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "predict")
+    if args.onnx and args.precision != "fp32":
+        _guard_can_open(args.onnx, args.precision)
     # Every input looked at before weights load (seconds, nothing written): each can have its own output
     # names, and each image file's header is readable.
     output_names(args.images)
@@ -350,7 +380,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     args.protocol = choose_protocol(get_spec(args.model).evaluation, args.protocol)  # refused before any file is read
     if not args.dumps:
-        _refuse_precision(args.backend, args.precision)
+        _refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     from deployzoo.eval.coco_eval import check_evaluator
@@ -367,6 +397,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         describe = {"backend": "vendor dumps", "directory": args.dumps}
     else:
         _checked_onnx(args.onnx, spec, "eval")
+        if args.onnx and args.precision != "fp32":
+            _guard_can_open(args.onnx, args.precision)
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision, calibration=_calibration(args, args.data))
@@ -443,15 +475,16 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _guard_can_open(onnx_path: str | Path, precision: str) -> None:
-    """A user's ONNX file below fp32: the accuracy guard (and auto's timing) opens it at batch 1, so a file fixed to
-    another batch is refused now, before the guard's data is made, rather than by the guard's engine."""
+    """A user's ONNX file below fp32 (bench, predict, eval, compare): the accuracy guard (and auto's timing) opens it
+    at batch 1, so a file fixed to another batch is refused now, before the guard's data is made, rather than by
+    the guard's engine with a message about a batch 1 the user never asked for."""
     from deployzoo.onnx_batch import fixed_batch
 
     fixed = fixed_batch(onnx_path)
     if fixed is not None and fixed != 1:
         raise BadInputError(onnx_path, f"its input is fixed to batch {fixed}, but the accuracy guard of --precision "
                                        f"{precision} runs it at batch 1; export with --dynamic-batch (or --batch 1), "
-                                       f"or bench it at fp32 (nothing was measured)")
+                                       f"or run it at fp32 (nothing was run)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -466,7 +499,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.e2e:
         return _bench_e2e(args)
     _check_device(args.device)
-    _refuse_precision(args.backend, args.precision)
+    _refuse_precision(args.backend, args.precision, args.auto_precisions)
     args.warmup = 3 if args.warmup is None else args.warmup
     out = Path(args.out or "runs/bench")
     target = args.model
@@ -637,9 +670,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from deployzoo.verify import compare_engines
     from deployzoo.bench.report import write_json
 
-    _refuse_precision(args.backend, args.precision)
+    _refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "compare")
+    if args.onnx and args.precision != "fp32":
+        _guard_can_open(args.onnx, args.precision)
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, limit=args.num_images) if args.data and not args.images else None
     if args.images:  # each listed image given once and readable (header), before the model is built or exported

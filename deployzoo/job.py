@@ -5,7 +5,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from deployzoo.bench.e2e_ratio import end_to_end_over_pure, pure_inputs_for, ratio_rounds, replay_pure
+from deployzoo.bench.e2e_ratio import (end_to_end_over_pure, leading_full_batches, no_ratio, pure_inputs_for,
+                                       ratio_rounds, replay_pure)
 from deployzoo.bench.pure import bench_sweep
 from deployzoo.bench.report import environment, sweep_table, write_csv, write_json
 from deployzoo.data.loader import ImageItem
@@ -109,7 +110,7 @@ def run_main_job(
         first_run = pipeline_pass([ImageItem(i, str(checked.dataset.image_path(i)))
                                    for i in checked.ids[: RATIO_BATCHES * eval_batch]], keep_inputs=True)
     fed = first_run.fed
-    first_batches = fed.get("batches", [])[:RATIO_BATCHES]
+    first_batches = leading_full_batches(fed.get("batches", []), eval_batch, RATIO_BATCHES)
     replay = replay_pure(engine.backend.infer, first_batches)
 
     def again() -> tuple[Any, dict[str, Any] | None]:
@@ -139,8 +140,7 @@ def run_main_job(
                                                     f"({environment().get('cpu_model')})")
 
     _say("[5/5] report")
-    e2e_ratio = (ratio_measured if replay is not None
-                 else end_to_end_over_pure(outcome.run.timer, bench, eval_batch, pure_inputs_said))
+    e2e_ratio = ratio_measured if replay is not None else no_ratio(outcome.run.timer, eval_batch, len(first_batches))
     report = {
         "model": spec.name,
         "notes": notes,

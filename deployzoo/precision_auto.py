@@ -87,12 +87,16 @@ class AutoChoice:
 
 
 def auto_candidates(backend: str, requested: Sequence[str] | None = None, bf16_native: Callable[[], bool] | None = None,
-                    int8_available: Callable[[], bool] | None = None) -> tuple[list[str], dict[str, str]]:
+                    int8_available: Callable[[], bool] | None = None,
+                    openvino_refusal: Callable[[str], str | None] | None = None) -> tuple[list[str], dict[str, str]]:
     """The precisions auto measures for ``backend`` and, for the others, why not.
 
     ``requested`` (``--auto-precisions``) narrows or widens the list; by default every precision the backend
     offers is measured, except OpenVINO fp16 on a CPU with native bf16: bf16 has the same width and fp32's
     range, and OpenVINO's CPU compilation at fp16 has been seen not to return (Mask R-CNN, over 35 minutes).
+    OpenVINO fp16/bf16 that this CPU does not run natively (``openvino_refusal``, default
+    ``openvino_backend.precision_refusal``) are not tried, asked for or not: the engine would refuse them.
+    ``bf16_native`` given (tests) stands for the CPU's bf16 in both checks.
     """
     notes: dict[str, str] = {}
     if requested is not None:
@@ -105,6 +109,8 @@ def auto_candidates(backend: str, requested: Sequence[str] | None = None, bf16_n
     for p in wanted:
         if not supports(backend, p):
             notes[p] = f"not offered by {backend}"
+        elif backend == "openvino" and p in ("fp16", "bf16") and (refusal := _refusal(p, openvino_refusal, bf16_native)):
+            notes[p] = f"not tried: {refusal}"
         elif p == "int8" and not (int8_available or _int8_available)():
             notes[p] = "not tried: NNCF is not installed (pip install 'deployzoo[int8]')"
         elif (requested is None and backend == "openvino" and p == "fp16"
@@ -114,6 +120,19 @@ def auto_candidates(backend: str, requested: Sequence[str] | None = None, bf16_n
         else:
             candidates.append(p)
     return candidates, notes
+
+
+def _refusal(precision: str, openvino_refusal: Callable[[str], str | None] | None,
+             bf16_native: Callable[[], bool] | None) -> str | None:
+    if openvino_refusal is not None:
+        return openvino_refusal(precision)
+    if bf16_native is not None and precision == "bf16":
+        return None if bf16_native() else "this CPU has no native bf16 for OpenVINO"
+    if bf16_native is not None:
+        return None  # a test's CPU: fp16 as asked
+    from deployzoo.backends.openvino_backend import precision_refusal
+
+    return precision_refusal(precision)
 
 
 def _int8_available() -> bool:

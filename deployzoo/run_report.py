@@ -162,6 +162,8 @@ def run_markdown(spec: Any, report: dict[str, Any], agreement_table: str, metric
                      + ", ".join(f"{r['ratio']:.2f}" for r in ratio["rounds"]) if ratio.get("rounds") else "")
                   + (f"; the whole run's wall-clock rate was {ratio['wall_images_per_s']:.2f} images/s"
                      if ratio.get("wall_images_per_s") else "") + ".", ""]
+    if ratio.get("ratio") is None and ratio.get("reason"):
+        lines += [f"End-to-end / pure-inference throughput: not measured: {ratio['reason']}.", ""]
     lines += ["## Files written", ""]
     lines += [f"- `{name}`: {what}" for name, what in _files(report, out, plot, pictures)]
     lines += ["", "## Next steps", ""]

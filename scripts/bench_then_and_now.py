@@ -73,6 +73,28 @@ def _max_diff(a: dict, b: dict) -> dict[str, float]:
     return out
 
 
+def _check_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--model and --backends against this checkout's registry, before anything is built; the package is unloaded
+    again so that the earlier checkout's can be imported first."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from deployzoo.backends import BACKENDS
+        from deployzoo.registry import model_names
+
+        models, backends = list(model_names()), list(BACKENDS)
+    finally:
+        sys.path.remove(str(ROOT))
+        for name in [n for n in sys.modules if n == "deployzoo" or n.startswith("deployzoo.")]:
+            del sys.modules[name]
+    if args.model not in models:
+        parser.error(f"--model {args.model!r} is not in the zoo: {', '.join(models)}")
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in backends]
+    if not names or unknown:
+        parser.error(f"--backends {args.backends!r}: give comma-separated backends from {', '.join(backends)}")
+    args.backends = ",".join(names)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("then", type=Path, help="checkout of the earlier commit (git worktree add DIR COMMIT)")
@@ -87,7 +109,12 @@ def main() -> None:
         parser.error(f"{args.then}: no deployzoo package there (make it with git worktree add {args.then} COMMIT)")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    _check_names(parser, args)
     image = args.image or str(ROOT / "tests" / "fixtures" / args.model / "case-1.png")
+    import cv2
+
+    if cv2.imread(image) is None:
+        parser.error(f"--image {image}: not an image file OpenCV can read")
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
 
     then, then_feeds = _open(args.then.resolve(), args.model, image, ["pytorch"], args.threads, args.work_dir)

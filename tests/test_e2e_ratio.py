@@ -198,3 +198,33 @@ def test_run_dataset_marks_every_inference_end(refinedet_spec, synthetic_voc):
         assert steady["images"] == 3 and "draining not counted" in steady["basis"]
         # the window ends at the last inference or the previous batch's results, never at the last results
         assert steady["seconds"] == pytest.approx(max(ends[-1], run.timer.finished[-2][0]) - ends[0])
+
+
+def test_only_leading_full_batches_count_and_too_few_give_no_ratio():
+    from deployzoo.bench.e2e_ratio import leading_full_batches, no_ratio
+
+    batches = [({"image": np.zeros(1)}, n) for n in (2, 2, 1, 2)]
+    assert [n for _, n in leading_full_batches(batches, 2, 4)] == [2, 2]  # stops at the padded one
+    assert [n for _, n in leading_full_batches(batches, 2, 1)] == [2]
+    assert leading_full_batches(batches[2:], 2, 4) == []
+    timer = StageTimer(items=3, wall_s=2.0)
+    none = no_ratio(timer, 2, 1)
+    assert none["ratio"] is None and none["wall_images_per_s"] == pytest.approx(1.5)
+    assert "1 full batch of 2 images" in none["reason"] and "--num-images of at least 4" in none["reason"]
+    assert replay_pure(lambda feeds: None, leading_full_batches(batches, 2, 1)) is None  # nothing to replay
+
+
+@pytest.mark.slow
+def test_run_with_one_full_batch_gives_no_ratio_and_says_why(tmp_path):
+    import json
+
+    from deployzoo.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "refinedet320-vgg16-voc", "--out", str(out), "--num-images", "3", "--batch", "1",
+                 "--eval-batch", "2", "--min-seconds", "0.05", "--workers", "0"]) == 0
+    ratio = json.loads((out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))["end_to_end_over_pure"]
+    assert ratio["ratio"] is None and "1 full batch of 2 images" in ratio["reason"]
+    text = (out / "report.md").read_text()
+    assert "End-to-end / pure-inference throughput: not measured: the evaluation began with 1 full batch" in text
+    assert "**End-to-end / pure-inference throughput:" not in text

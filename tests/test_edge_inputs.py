@@ -545,20 +545,29 @@ def test_a_precision_the_backend_cannot_run_is_refused_before_any_work(command, 
     assert not out.exists()
 
 
-def test_bench_below_fp32_refuses_a_user_file_fixed_to_another_batch_before_the_guard(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["bench", "predict", "eval", "compare"])
+def test_below_fp32_a_user_file_fixed_to_another_batch_is_refused_before_the_guard(command, tmp_path, monkeypatch,
+                                                                                   capsys):
     """The guard runs the file at batch 1: a file fixed to batch 2 is named now, not by the guard's engine after
-    its data was generated."""
-    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    its data was generated (with a message about a batch 1 the user never asked for)."""
     import deployzoo.cli
+    import deployzoo.engine
     from deployzoo.cli import main
 
     fixed = tmp_path / "b2.onnx"
     fixed.write_bytes(b"stand-in")
     monkeypatch.setattr(deployzoo.cli, "_checked_onnx", lambda path, spec, command: spec)
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
     monkeypatch.setattr("deployzoo.onnx_batch.fixed_batch", lambda path: 2)
     out = tmp_path / "o"
-    assert main(["bench", REFINEDET, "--onnx", str(fixed), "--backend", "openvino", "--precision", "int8",
-                 "--batch", "2", "--out", str(out)]) == 2
+    args = {"predict": ["predict", REFINEDET, str(_png(tmp_path / "a.png")), str(_png(tmp_path / "b.png"))],
+            "eval": ["eval", REFINEDET, "--data", str(tmp_path / "no-such-data")],
+            "compare": ["compare", REFINEDET],
+            "bench": ["bench", REFINEDET]}[command]
+    if command == "eval":  # its dataset is checked first: give it one (not read further)
+        monkeypatch.setattr(deployzoo.cli, "_check_data", lambda *a, **k: None)
+    assert main([*args, "--onnx", str(fixed), "--backend", "openvino", "--precision", "int8", "--batch", "2",
+                 "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "b2.onnx" in err and "fixed to batch 2" in err and "accuracy guard" in err
     assert not (out / "guard-data").exists()

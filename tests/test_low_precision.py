@@ -256,3 +256,42 @@ def test_openvino_fp16_engine_is_fp16_or_refused(refinedet_spec, refinedet_loade
         assert "FP16 is missing" in str(exc) or "f32 under the name fp16" in str(exc), str(exc)
     else:
         assert engine.backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f16
+
+
+def test_auto_does_not_try_openvino_precisions_this_cpu_lacks():
+    """OpenVINO fp16/bf16 the CPU plugin does not report are left out with the plugin's reason, asked for or not
+    (the engine would refuse them after auto had exported and timed fp32)."""
+    lacks = {"bf16": "this CPU has no native bf16 for OpenVINO (test)", "fp16": None}
+    candidates, notes = auto_candidates("openvino", ["bf16", "fp16"], int8_available=lambda: False,
+                                        openvino_refusal=lacks.get)
+    assert candidates == ["fp32", "fp16"] and "no native bf16" in notes["bf16"]
+    candidates, notes = auto_candidates("openvino", ["bf16"], openvino_refusal=lambda p: "missing (test)")
+    assert candidates == ["fp32"] and "missing (test)" in notes["bf16"]
+
+
+@pytest.mark.parametrize("backend, listed", [("onnxruntime", None), ("onnxruntime", "bf16,int8"), ("pytorch", "int8")])
+def test_auto_with_nothing_below_fp32_is_refused_before_any_work(backend, listed, tmp_path, monkeypatch, capsys):
+    import deployzoo.cache
+    import deployzoo.engine
+    from deployzoo.cli import main
+
+    def _no_work(*args, **kwargs):
+        raise AssertionError("work began before auto's candidates were checked")
+
+    monkeypatch.setattr(deployzoo.engine, "load_model", _no_work)
+    monkeypatch.setattr(deployzoo.cache, "cached_onnx", _no_work)
+    out = tmp_path / "o"
+    args = ["bench", MODEL, "--backend", backend, "--precision", "auto", "--out", str(out)]
+    assert main(args + (["--auto-precisions", listed] if listed else [])) == 2
+    assert "--precision auto has nothing below fp32 to choose from" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("listed, message", [("BF16", "unknown precision BF16"), (",", "names nothing"),
+                                             ("int8,int8", "names int8 more than once")])
+def test_auto_precisions_are_checked_when_parsed(listed, message, capsys):
+    from deployzoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", MODEL, "a.png", "--precision", "auto", "--auto-precisions", listed])
+    assert message in capsys.readouterr().err

@@ -12,9 +12,10 @@ period (an inference and, overlapped with it, the previous batch's post-processi
 start-up, the filling of the pipeline and its draining (the last batch's own post-processing, after the last
 inference), which a long run amortises, are not counted. The whole run's wall-clock rate is kept beside it. Both sides move with the machine's speed (on a shared 2-core VM
 the same batch took 4.3 s in one minute and 6.2 s a few minutes later), so ``ratio_rounds`` alternates a
-pipeline pass and a replay over the same images and reports the median of the rounds' ratios. With fewer than
-two batches kept, the benchmark cell nearest the evaluation batch stands in, timed on the first full batch
-(``pure_inputs_for``), and the report says so.
+pipeline pass and a replay over the same images and reports the median of the rounds' ratios. Only full batches
+count, from the first on; ``run`` gives no ratio, and says why (``no_ratio``), when the evaluation begins with
+fewer than two. (``end_to_end_over_pure`` without a replay, the benchmark cell nearest the evaluation batch
+standing in, remains for callers that have no replay.)
 """
 from __future__ import annotations
 
@@ -121,6 +122,34 @@ def end_to_end_over_pure(timer: StageTimer, bench: Sequence[PureBenchResult], ev
 
 def _batches(count: int) -> str:
     return f"{count} batch" if count == 1 else f"{count} batches"
+
+
+def leading_full_batches(batches: Sequence[tuple[dict[str, np.ndarray], int]], batch_size: int,
+                         limit: int) -> list[tuple[dict[str, np.ndarray], int]]:
+    """The first ``limit`` batches, up to the first that is not full: (graph inputs, images) pairs as
+    ``DatasetRun.fed["batches"]`` keeps them. A padded short batch holds fewer images than the batch size it runs
+    at: its steady window and replay would stand for a rate the pipeline never ran at."""
+    full = []
+    for inputs, count in batches[:limit]:
+        if count != batch_size:
+            break
+        full.append((inputs, count))
+    return full
+
+
+def no_ratio(timer: StageTimer, eval_batch: int, full_batches: int) -> dict[str, Any]:
+    """``end_to_end_over_pure`` of a run with fewer than two full batches: no ratio (None) and why.
+
+    A steady rate needs a batch after the first, and a padded short batch runs at the batch size with fewer images,
+    so neither a single batch's wall clock (filling and draining included) nor a padded batch compares with pure
+    inference at the batch size. The whole run's wall-clock rate is kept for what it is."""
+    wall = next((r["images_per_s"] for r in timer.rows() if r["stage"] == "end to end"), None)
+    return {"ratio": None, "end_to_end_images_per_s": None, "pure_images_per_s": None, "wall_images_per_s": wall,
+            "eval_batch": eval_batch,
+            "reason": (f"the evaluation began with {full_batches} full batch{'' if full_batches == 1 else 'es'} of "
+                       f"{eval_batch} images; the ratio needs at least 2 (a steady rate is measured after the first "
+                       f"batch, on full batches): give --num-images of at least {2 * eval_batch}, or a smaller "
+                       f"--eval-batch")}
 
 
 def ratio_rounds(first: dict[str, Any], again: Callable[[], tuple[StageTimer, dict[str, Any] | None]],
