@@ -10,9 +10,9 @@ of the batches after the first over the time from the end of the first batch's i
 batch's inference or of the previous batch's post-processing, whichever is later. That window holds one whole
 period (an inference and, overlapped with it, the previous batch's post-processing) per counted batch, so worker
 start-up, the filling of the pipeline and its draining (the last batch's own post-processing, after the last
-inference), which a long run amortises, are not counted. The whole run's wall-clock rate is kept beside it. Both sides move with the machine's speed (on a shared 2-core VM
-the same batch took 4.3 s in one minute and 6.2 s a few minutes later), so ``ratio_rounds`` alternates a
-pipeline pass and a replay over the same images and reports the median of the rounds' ratios. Only full batches
+inference), which a long run amortises, are not counted. The whole run's wall-clock rate is kept beside it.
+Both sides move with the machine's speed (on a shared 2-core VM the same batch took 4.3 s in one minute and 6.2 s
+a few minutes later), so ``ratio_rounds`` alternates a pipeline pass and a replay over the same images and reports the median of the rounds' ratios. Only full batches
 count, from the first on; ``run`` gives no ratio, and says why (``no_ratio``), when the evaluation begins with
 fewer than two. (``end_to_end_over_pure`` without a replay, the benchmark cell nearest the evaluation batch
 standing in, remains for callers that have no replay.)
