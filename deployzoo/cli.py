@@ -128,7 +128,8 @@ def _refuse_precision(backend: str, precision: str, auto_precisions: list[str] |
 
 def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, loaded=None, onnx=None,
                        data=None) -> tuple[str, dict | None]:
-    """--precision as given, or auto's choice; below fp32 the accuracy guard runs first and is reported."""
+    """--precision as given, or auto's choice; below fp32 the accuracy guard runs first and is reported.
+    The command has called ``_refuse_precision`` first, before any model or export."""
     from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.engine import load_model
     from deployzoo.cache import cached_onnx
@@ -137,7 +138,6 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
 
     if args.precision == "fp32":
         return "fp32", None
-    _refuse_precision(backend, args.precision, getattr(args, "auto_precisions", None))
     if onnx is None or backend not in ONNX_BACKENDS:  # build the model (and its export) once for both guard engines
         loaded = loaded or load_model(spec, args.checkpoint)
     if onnx is None and backend in ONNX_BACKENDS:
