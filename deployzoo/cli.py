@@ -319,8 +319,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "predict")
-    if args.onnx and args.precision != "fp32":
-        _guard_can_open(args.onnx, args.precision)
+    _guard_can_open(args.onnx, args.precision)
     # Every input looked at before weights load (seconds, nothing written): each can have its own output
     # names, and each image file's header is readable.
     output_names(args.images)
@@ -397,8 +396,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         describe = {"backend": "vendor dumps", "directory": args.dumps}
     else:
         _checked_onnx(args.onnx, spec, "eval")
-        if args.onnx and args.precision != "fp32":
-            _guard_can_open(args.onnx, args.precision)
+        _guard_can_open(args.onnx, args.precision)
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision, calibration=_calibration(args, args.data))
@@ -474,10 +472,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     return run_score_command(args)
 
 
-def _guard_can_open(onnx_path: str | Path, precision: str) -> None:
+def _guard_can_open(onnx_path: str | Path | None, precision: str) -> None:
     """A user's ONNX file below fp32 (bench, predict, eval, compare): the accuracy guard (and auto's timing) opens it
     at batch 1, so a file fixed to another batch is refused now, before the guard's data is made, rather than by
-    the guard's engine with a message about a batch 1 the user never asked for."""
+    the guard's engine with a message about a batch 1 the user never asked for. No file, or fp32: nothing to check."""
+    if onnx_path is None or precision == "fp32":
+        return
     from deployzoo.onnx_batch import fixed_batch
 
     fixed = fixed_batch(onnx_path)
@@ -513,8 +513,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from deployzoo.onnx_batch import check_batch_sizes
 
         check_batch_sizes(onnx_path, args.batch)  # a file fixed to batch 1 cannot time batch 4: say so first
-        if args.precision != "fp32":
-            _guard_can_open(onnx_path, args.precision)
+        _guard_can_open(onnx_path, args.precision)
         onnx_files = {b: Path(onnx_path) for b in args.batch}
     else:
         spec = _spec(args, target)
@@ -673,8 +672,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "compare")
-    if args.onnx and args.precision != "fp32":
-        _guard_can_open(args.onnx, args.precision)
+    _guard_can_open(args.onnx, args.precision)
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, limit=args.num_images) if args.data and not args.images else None
     if args.images:  # each listed image given once and readable (header), before the model is built or exported

@@ -31,6 +31,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _unload(root: Path) -> None:
+    """Take ``root`` off the import path and drop its deployzoo modules, so another checkout's can be imported."""
+    sys.path.remove(str(root))
+    for name in [n for n in sys.modules if n == "deployzoo" or n.startswith("deployzoo.")]:
+        del sys.modules[name]
+
+
 def _open(root: Path, model: str, image: str, backends: list[str], threads: int, work_dir: str):
     """Engines of the package under ``root`` and its graph inputs for ``image``; the package is unloaded after."""
     import cv2
@@ -58,9 +65,7 @@ def _open(root: Path, model: str, image: str, backends: list[str], threads: int,
             engines[backend] = open_engine(spec, backend, 1, onnx_path=onnx, loaded=loaded, threads=threads,
                                            work_dir=work_dir)
     finally:
-        sys.path.remove(str(root))
-        for name in [n for n in sys.modules if n == "deployzoo" or n.startswith("deployzoo.")]:
-            del sys.modules[name]
+        _unload(root)
     return engines, feeds
 
 
@@ -83,9 +88,7 @@ def _check_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
         models, backends = list(model_names()), list(BACKENDS)
     finally:
-        sys.path.remove(str(ROOT))
-        for name in [n for n in sys.modules if n == "deployzoo" or n.startswith("deployzoo.")]:
-            del sys.modules[name]
+        _unload(ROOT)
     if args.model not in models:
         parser.error(f"--model {args.model!r} is not in the zoo: {', '.join(models)}")
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
