@@ -5,7 +5,8 @@ through the model's own preprocessing, and saved as IR next to the other engines
 ONNX file's content, the calibration images and the settings below, so it is built once and reused.
 
 What becomes int8: the inputs and weights of the convolutions (transposed ones too) and matrix products,
-where the time goes.
+where the time goes. On x86 CPUs without VNNI the constant-weight matrix products and the 2x2 stride-2 transposed
+convolutions are quantized as 1x1 convolutions, whose int8 kernel is the fast one there (``openvino_int8_forms``).
 Everything else stays fp32 (NNCF's ignored scope, by op type): NonMaxSuppression, TopK, RoIAlign, box
 decoding (elementwise Add/Multiply/Exp/...), softmax/sigmoid, resizes, pooling, concatenations. Those carry
 the detection logic (thresholds, rankings, coordinates), where an 8-bit step would move boxes and reorder
@@ -32,8 +33,8 @@ CALIBRATION_SEED = 1  # a generated calibration set differs from the guard's gen
 # The only op types whose inputs NNCF may quantize: the rest are put in its ignored scope (see the module doc).
 QUANTIZED_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 _STRUCTURAL = {"Parameter", "Constant", "Result", "Convert", "ShapeOf", "Reshape", "Squeeze", "Unsqueeze",
-               "Transpose", "StridedSlice", "Slice", "Broadcast", "Range", "Tile"}
-SETTINGS_VERSION = 1  # bump when the quantization recipe changes (invalidates cached IR)
+               "Transpose", "StridedSlice", "Slice", "Broadcast", "Range", "Tile", "DepthToSpace"}
+SETTINGS_VERSION = 2  # bump when the quantization recipe changes (invalidates cached IR)
 
 
 @dataclass(frozen=True)
@@ -108,15 +109,20 @@ def ignored_types(model) -> list[str]:
 
 
 def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, calibration: Calibration | None = None,
-                 say: Callable[[str], None] = print) -> Path:
+                 say: Callable[[str], None] = print, as_1x1: bool | None = None) -> Path:
     """The int8 IR (.xml) of ``onnx_path``, quantized once and kept in ``cache_dir``.
 
     Calibration feeds hold one image each, or the graph's fixed batch; a dynamic-batch graph's IR serves every
     batch size. The key hashes the ONNX file, the calibration images (their folder, ids and file contents) and the
-    recipe (NNCF version, op types kept in fp32, number of images), so a change to any of them builds anew.
+    recipe (NNCF version, op types kept in fp32, number of images, the 1x1 forms), so a change to any of them
+    builds anew. ``as_1x1``: quantize constant-weight matrix products and non-overlapping transposed convolutions
+    as 1x1 convolutions (``openvino_int8_forms``); None decides by this CPU (``wants_1x1_forms``: x86 without
+    VNNI). The IR's .json says whether the forms were applied (not where NNCF left one of those convolutions
+    unquantized: that IR is built without them, and it is said).
     """
     import openvino as ov
 
+    from deployzoo.backends.openvino_int8_forms import wants_1x1_forms
     from deployzoo.cache import cached
 
     nncf = _import_nncf()
@@ -128,25 +134,52 @@ def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, 
     batch = dims[0].get_length() if dims.rank.is_static and dims[0].is_static else 1
     feeds, described = calibration_feeds(spec, calibration, cache_dir, batch_size=batch, say=say)
     ignored = ignored_types(model)
+    as_1x1 = wants_1x1_forms() if as_1x1 is None else as_1x1
     recipe = {"version": SETTINGS_VERSION, "nncf": nncf.__version__, "openvino": ov.__version__,
               "quantized_types": QUANTIZED_TYPES, "ignored_types": ignored, "subset_size": len(feeds) * batch,
+              "as_1x1_convolutions": as_1x1,
               "calibration": {**described, "files": _files_digest(spec, described)}}
     digest = hashlib.sha256(onnx_path.read_bytes())
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     stem = f"{onnx_path.stem.replace('-fp32', '')}-int8-{digest.hexdigest()[:16]}"
 
     def build(tmp: Path) -> None:
-        ov.save_model(_quantize(nncf, model, feeds, ignored, onnx_path, described, say), str(tmp / f"{stem}.xml"),
-                      compress_to_fp16=False)
-        (tmp / f"{stem}.json").write_text(json.dumps({"onnx": str(onnx_path), **recipe}, indent=1))
+        quantized, applied = quantize_model(nncf, model, feeds, ignored, as_1x1,
+                                            lambda: core.read_model(str(onnx_path)), onnx_path.name, described, say)
+        ov.save_model(quantized, str(tmp / f"{stem}.xml"), compress_to_fp16=False)
+        (tmp / f"{stem}.json").write_text(json.dumps({"onnx": str(onnx_path), **recipe,
+                                                      "as_1x1_convolutions_applied": applied}, indent=1))
 
     # An engine-cache entry: checked before reuse, written atomically (deployzoo.cache).
     return cached(cache_dir, stem, [".xml", ".bin", ".json"], build, {"onnx": str(onnx_path), "recipe": recipe},
                   say=say, what="int8 IR")
 
 
-def _quantize(nncf, model, feeds, ignored, onnx_path: Path, described: dict, say: Callable[[str], None]):
-    say(f"quantizing {onnx_path.name} to int8 with NNCF {nncf.__version__} on {described['images']} calibration "
+def quantize_model(nncf, model, feeds: list[dict[str, np.ndarray]], ignored: list[str], as_1x1: bool,
+                   reread: Callable[[], object], name: str, described: dict, say: Callable[[str], None] = print):
+    """``model`` (an ``openvino.Model``, changed in place) quantized by NNCF on ``feeds``; with ``as_1x1``, its
+    constant-weight matrix products and non-overlapping transposed convolutions first become 1x1 convolutions.
+    Returns (quantized model, whether those forms are in it). Where NNCF left one of those convolutions in fp32
+    (ten times slower than FullyConnected there), the model is quantized again from ``reread()`` in its own form,
+    and that is said."""
+    from deployzoo.backends.openvino_int8_forms import as_1x1_convolutions, unquantized
+
+    rewritten = as_1x1_convolutions(model) if as_1x1 else []
+    if rewritten:
+        say(f"{len(rewritten)} matrix products and transposed convolutions quantized as 1x1 convolutions (this CPU "
+            "has no VNNI: OpenVINO's int8 kernels for those are no faster than fp32 without it, its int8 1x1 "
+            "convolution is)")
+    quantized = _quantize(nncf, model, feeds, ignored, name, described, say)
+    left = unquantized(quantized, rewritten)
+    if left:
+        say(f"NNCF left {len(left)} of those convolutions in fp32 ({', '.join(left[:3])}...); quantizing again "
+            "with those ops as they were")
+        return _quantize(nncf, reread(), feeds, ignored, name, described, say), False
+    return quantized, bool(rewritten)
+
+
+def _quantize(nncf, model, feeds, ignored, name: str, described: dict, say: Callable[[str], None]):
+    say(f"quantizing {name} to int8 with NNCF {nncf.__version__} on {described['images']} calibration "
         f"images ({described['source']}); kept in fp32: {', '.join(ignored) or 'nothing'}")
     log = logging.getLogger("nncf")
     level = log.level
