@@ -2,7 +2,7 @@
 
     git worktree add /tmp/dz-then 02339a1
     .venv/bin/python scripts/bench_then_and_now.py /tmp/dz-then [--model d2-cascade-mask-rcnn-r50-fpn-3x]
-        [--rounds 5] [--threads 2] [--image PATH]
+        [--backends pytorch,onnxruntime,openvino,openvino:int8] [--rounds 5] [--threads 2] [--image PATH]
 
 Why: issue 15 measures speed against detectron2 itself, which cannot be installed here, and names our eager
 backend of that day as its stand-in (4.73 s against detectron2's 4.78 s per image on its machine). Our eager
@@ -39,7 +39,9 @@ def _unload(root: Path) -> None:
 
 
 def _open(root: Path, model: str, image: str, backends: list[str], threads: int, work_dir: str):
-    """Engines of the package under ``root`` and its graph inputs for ``image``; the package is unloaded after."""
+    """Engines of the package under ``root`` (``backends``: names, each with an optional ``:precision``, fp32 when
+    none; int8 calibrates on the engine cache's generated set, said so) and its graph inputs for ``image``; the
+    package is unloaded after."""
     import cv2
 
     sys.path.insert(0, str(root))
@@ -56,14 +58,16 @@ def _open(root: Path, model: str, image: str, backends: list[str], threads: int,
         array, meta = spec.preprocess(picture)
         feeds = spec.make_feeds([array], [meta], 1)
         engines = {}
-        for backend in backends:
+        for entry in backends:
+            backend, _, precision = entry.partition(":")
             onnx = None
             if backend != "pytorch":
                 from deployzoo.cache import cached_onnx
 
                 onnx = cached_onnx(loaded, batch_size=1).path
-            engines[backend] = open_engine(spec, backend, 1, onnx_path=onnx, loaded=loaded, threads=threads,
-                                           work_dir=work_dir)
+            engines[f"{backend} {precision or 'fp32'}"] = open_engine(
+                spec, backend, 1, onnx_path=onnx, loaded=loaded, threads=threads, work_dir=work_dir,
+                **({"precision": precision} if precision else {}))
     finally:
         _unload(root)
     return engines, feeds
@@ -84,17 +88,28 @@ def _check_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     sys.path.insert(0, str(ROOT))
     try:
         from deployzoo.backends import BACKENDS
+        from deployzoo.errors import DeployzooError
+        from deployzoo.precision import check_precision
         from deployzoo.registry import model_names
 
         models, backends = list(model_names()), list(BACKENDS)
+        if args.model not in models:
+            parser.error(f"--model {args.model!r} is not in the zoo: {', '.join(models)}")
+        names = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = [b for b in names if b.partition(":")[0] not in backends]
+        if not names or unknown or len(set(names)) != len(names):
+            parser.error(f"--backends {args.backends!r}: give distinct comma-separated backends from "
+                         f"{', '.join(backends)}, each with an optional :precision")
+        for name in names:
+            backend, _, precision = name.partition(":")
+            if precision == "auto":
+                parser.error(f"--backends {name}: name the precision to time (auto chooses one: bench --precision auto)")
+            try:
+                check_precision(backend, precision or "fp32")
+            except DeployzooError as exc:  # an unknown precision, or one the backend does not run
+                parser.error(f"--backends {name}: {exc}")
     finally:
         _unload(ROOT)
-    if args.model not in models:
-        parser.error(f"--model {args.model!r} is not in the zoo: {', '.join(models)}")
-    names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in names if b not in backends]
-    if not names or unknown:
-        parser.error(f"--backends {args.backends!r}: give comma-separated backends from {', '.join(backends)}")
     args.backends = ",".join(names)
 
 
@@ -102,7 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("then", type=Path, help="checkout of the earlier commit (git worktree add DIR COMMIT)")
     parser.add_argument("--model", default="d2-cascade-mask-rcnn-r50-fpn-3x")
-    parser.add_argument("--backends", default="pytorch,onnxruntime,openvino", help="today's engines")
+    parser.add_argument("--backends", default="pytorch,onnxruntime,openvino",
+                        help="today's engines, each an optional :precision (openvino:int8); fp32 when none")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image", default=None, help="default: the model's fixture image case-1.png")
@@ -126,7 +142,7 @@ def main() -> None:
         if not np.array_equal(np.asarray(feeds[key]), np.asarray(then_feeds[key])):
             raise SystemExit(f"error: the two checkouts preprocess {image} differently (input {key!r})")
     yardstick = f"eager fp32 @ {args.then.name} (then)"
-    engines = {yardstick: then["pytorch"], **{f"{name} fp32 today": engine for name, engine in now.items()}}
+    engines = {yardstick: then["pytorch fp32"], **{f"{name} today": engine for name, engine in now.items()}}
     reference = engines[yardstick].infer(feeds)
     for name, engine in engines.items():
         diffs = _max_diff(engine.infer(feeds), reference)  # also the warm-up call
