@@ -95,7 +95,7 @@ def _calibration(args: argparse.Namespace, data=None):
     return Calibration(getattr(args, "calibration_data", None) or data, getattr(args, "calibration_images", 16))
 
 
-def _refuse_precision(backend: str, precision: str, auto_precisions: list[str] | None = None) -> None:
+def refuse_precision(backend: str, precision: str, auto_precisions: list[str] | None = None) -> None:
     """Refuse a precision ``backend`` does not offer, or (OpenVINO fp16/bf16) this CPU does not run natively,
     before anything is built, exported or generated: each command calls this first. ``auto`` is refused when none
     of its candidates (``auto_precisions``, default all) below fp32 is offered: it would export, make guard data
@@ -129,7 +129,7 @@ def _refuse_precision(backend: str, precision: str, auto_precisions: list[str] |
 def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, loaded=None, onnx=None,
                        data=None) -> tuple[str, dict | None]:
     """--precision as given, or auto's choice; below fp32 the accuracy guard runs first and is reported.
-    The command has called ``_refuse_precision`` first, before any model or export."""
+    The command has called ``refuse_precision`` first, before any model or export."""
     from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.engine import load_model
     from deployzoo.cache import cached_onnx
@@ -316,7 +316,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from deployzoo.data.inputs import check_image_files, output_names
 
-    _refuse_precision(args.backend, args.precision, args.auto_precisions)
+    refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "predict")
     _guard_can_open(args.onnx, args.precision)
@@ -379,7 +379,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     args.protocol = choose_protocol(get_spec(args.model).evaluation, args.protocol)  # refused before any file is read
     if not args.dumps:
-        _refuse_precision(args.backend, args.precision, args.auto_precisions)
+        refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     from deployzoo.eval.coco_eval import check_evaluator
@@ -499,7 +499,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.e2e:
         return _bench_e2e(args)
     _check_device(args.device)
-    _refuse_precision(args.backend, args.precision, args.auto_precisions)
+    refuse_precision(args.backend, args.precision, args.auto_precisions)
     args.warmup = 3 if args.warmup is None else args.warmup
     out = Path(args.out or "runs/bench")
     target = args.model
@@ -669,7 +669,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from deployzoo.verify import compare_engines
     from deployzoo.bench.report import write_json
 
-    _refuse_precision(args.backend, args.precision, args.auto_precisions)
+    refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
     _checked_onnx(args.onnx, spec, "compare")
     _guard_can_open(args.onnx, args.precision)

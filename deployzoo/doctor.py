@@ -30,7 +30,7 @@ CPU_FEATURES = {
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
     """The first processor's flags, or None where /proc/cpuinfo is absent (not Linux) or has none."""
     try:
-        text = Path(cpuinfo).read_text()
+        text = Path(cpuinfo).read_text(errors="replace")  # flags are ASCII; a stray byte elsewhere is no reason to fail
     except OSError:
         return None
     for line in text.splitlines():

@@ -67,7 +67,7 @@ def _open(root: Path, model: str, image: str, backends: list[str], threads: int,
                 onnx = cached_onnx(loaded, batch_size=1).path
             engines[f"{backend} {precision or 'fp32'}"] = open_engine(
                 spec, backend, 1, onnx_path=onnx, loaded=loaded, threads=threads, work_dir=work_dir,
-                **({"precision": precision} if precision else {}))
+                precision=precision or "fp32")
     finally:
         _unload(root)
     return engines, feeds
@@ -88,29 +88,38 @@ def _check_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     sys.path.insert(0, str(ROOT))
     try:
         from deployzoo.backends import BACKENDS
+        from deployzoo.cli import refuse_precision
         from deployzoo.errors import DeployzooError
-        from deployzoo.precision import check_precision
         from deployzoo.registry import model_names
 
         models, backends = list(model_names()), list(BACKENDS)
         if args.model not in models:
             parser.error(f"--model {args.model!r} is not in the zoo: {', '.join(models)}")
-        names = [b.strip() for b in args.backends.split(",") if b.strip()]
-        unknown = [b for b in names if b.partition(":")[0] not in backends]
-        if not names or unknown or len(set(names)) != len(names):
-            parser.error(f"--backends {args.backends!r}: give distinct comma-separated backends from "
-                         f"{', '.join(backends)}, each with an optional :precision")
-        for name in names:
-            backend, _, precision = name.partition(":")
+        entries = [b.strip() for b in args.backends.split(",") if b.strip()]
+        if not entries:
+            parser.error(f"--backends {args.backends!r}: give comma-separated backends from {', '.join(backends)}, "
+                         "each with an optional :precision")
+        engines = []
+        for entry in entries:
+            backend, colon, precision = entry.partition(":")
+            if backend not in backends:
+                parser.error(f"--backends: {entry!r} names no backend; choose from {', '.join(backends)}")
+            if colon and not precision:
+                parser.error(f"--backends: {entry!r} has an empty precision; leave out the ':' for fp32")
             if precision == "auto":
-                parser.error(f"--backends {name}: name the precision to time (auto chooses one: bench --precision auto)")
-            try:
-                check_precision(backend, precision or "fp32")
-            except DeployzooError as exc:  # an unknown precision, or one the backend does not run
-                parser.error(f"--backends {name}: {exc}")
+                parser.error(f"--backends: {entry!r}: name the precision to time (auto chooses one: "
+                             "deployzoo bench --precision auto)")
+            try:  # the commands' own rule: what the backend offers, and (OpenVINO fp16/bf16) what this CPU runs
+                refuse_precision(backend, precision or "fp32")
+            except DeployzooError as exc:
+                parser.error(f"--backends: {entry!r}: {exc}")
+            engines.append(f"{backend}:{precision or 'fp32'}")
+        repeated = sorted({e for e in engines if engines.count(e) > 1})
+        if repeated:
+            parser.error(f"--backends {args.backends!r} names {', '.join(repeated)} more than once")
     finally:
         _unload(ROOT)
-    args.backends = ",".join(names)
+    args.backends = ",".join(engines)
 
 
 def main() -> None:

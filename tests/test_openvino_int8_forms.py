@@ -55,6 +55,19 @@ def test_rewrite_is_exact_in_fp32_and_touches_only_constant_weight_products():
     assert _run(model, x[:3])[0].shape == (3, 16)
 
 
+def test_products_that_are_not_fp32_or_have_a_constant_activation_are_left_alone():
+    x16 = ops.parameter([-1, 64], np.float16, name="x16")
+    half = ops.matmul(x16, ops.constant(W1.astype(np.float16)), False, False)
+    xi = ops.parameter([-1, 64], np.int32, name="xi")
+    integer = ops.matmul(xi, ops.constant(np.ones((64, 4), np.int32)), False, False)
+    constant = ops.matmul(ops.constant(W1.T.copy()), ops.constant(W1), False, False)  # nothing for NNCF to quantize
+    up16 = ops.convolution_backprop_data(ops.parameter([1, 8, 5, 6], np.float16, name="u16"),
+                                         ops.constant(np.ones((8, 6, 2, 2), np.float16)), [2, 2])
+    model = ov.Model([half, integer, constant, up16], [x16, xi] + [p for p in [up16.input_value(0).get_node()]])
+    assert mc.as_1x1_convolutions(model) == []
+    assert "Convolution" not in _types(model)
+
+
 def _upsampling(stride=2, kernel=2, output_padding=(0, 0)):
     """x [N, 8, 5, 6] -> ConvolutionBackpropData [8, 6, k, k] stride s -> + bias -> ReLU."""
     x = ops.parameter([-1, 8, 5, 6], np.float32, name="x")
@@ -88,18 +101,24 @@ def test_transposed_convolution_rewrite_is_exact_and_only_where_pixels_do_not_ov
     ("avx2 fma avx_vnni", False),
     ("avx2 avx512f amx_tile amx_int8", False),
     ("sse2 sse4_2", False),  # no AVX2: not what was measured
+    ("avx2 fma avx512f avx512bw", False),  # AVX-512 without VNNI (Skylake-X): not measured either
 ])
 def test_the_form_is_chosen_by_the_cpus_int8_dot_product_flags(tmp_path, flags, wanted):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
-    assert mc.wants_1x1_forms(cpuinfo) is wanted
+    assert mc.wants_1x1_forms(cpuinfo, machine="x86_64") is wanted
 
 
-def test_the_form_is_not_chosen_where_the_flags_are_unknown(tmp_path):
-    assert mc.wants_1x1_forms(tmp_path / "absent") is False
+def test_the_form_is_not_chosen_where_the_flags_are_unknown_or_the_cpu_is_not_x86(tmp_path):
+    assert mc.wants_1x1_forms(tmp_path / "absent", machine="x86_64") is False
     arm = tmp_path / "cpuinfo"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes sha1 asimddp\n")
-    assert mc.wants_1x1_forms(arm) is False
+    assert mc.wants_1x1_forms(arm, machine="aarch64") is False
+    odd = tmp_path / "odd"
+    odd.write_text("processor\t: 0\nflags\t\t: avx2 fma\n")
+    assert mc.wants_1x1_forms(odd, machine="aarch64") is False  # not x86, whatever the file says
+    odd.write_bytes(b"model name\t: \xff\xfe odd bytes\nflags\t\t: avx2 fma\n")  # not UTF-8: still read
+    assert mc.wants_1x1_forms(odd, machine="x86_64") is True
 
 
 def _mlp():
@@ -150,4 +169,4 @@ def test_a_convolution_left_in_fp32_by_nncf_means_the_products_stay_as_they_were
                                         {"images": 4, "source": "test"}, said.append)
     assert applied is False
     assert "Convolution" not in _types(quantized) and _types(quantized).count("MatMul") == 2
-    assert any("left 2 of those convolutions in fp32" in s for s in said)
+    assert any("left 2 of those convolutions in fp32 (" in s and "more" not in s for s in said)

@@ -5,8 +5,9 @@ through the model's own preprocessing, and saved as IR next to the other engines
 ONNX file's content, the calibration images and the settings below, so it is built once and reused.
 
 What becomes int8: the inputs and weights of the convolutions (transposed ones too) and matrix products,
-where the time goes. On x86 CPUs without VNNI the constant-weight matrix products and the 2x2 stride-2 transposed
-convolutions are quantized as 1x1 convolutions, whose int8 kernel is the fast one there (``openvino_int8_forms``).
+where the time goes. On AVX2 CPUs without VNNI the constant-weight matrix products and the non-overlapping
+(s x s, stride s) transposed convolutions are quantized as 1x1 convolutions, whose int8 kernel is the fast one
+there (``openvino_int8_forms``).
 Everything else stays fp32 (NNCF's ignored scope, by op type): NonMaxSuppression, TopK, RoIAlign, box
 decoding (elementwise Add/Multiply/Exp/...), softmax/sigmoid, resizes, pooling, concatenations. Those carry
 the detection logic (thresholds, rankings, coordinates), where an 8-bit step would move boxes and reorder
@@ -33,7 +34,7 @@ CALIBRATION_SEED = 1  # a generated calibration set differs from the guard's gen
 # The only op types whose inputs NNCF may quantize: the rest are put in its ignored scope (see the module doc).
 QUANTIZED_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 _STRUCTURAL = {"Parameter", "Constant", "Result", "Convert", "ShapeOf", "Reshape", "Squeeze", "Unsqueeze",
-               "Transpose", "StridedSlice", "Slice", "Broadcast", "Range", "Tile", "DepthToSpace"}
+               "Transpose", "StridedSlice", "Slice", "Broadcast", "Range", "Tile"}
 SETTINGS_VERSION = 2  # bump when the quantization recipe changes (invalidates cached IR)
 
 
@@ -117,7 +118,8 @@ def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, 
     recipe (NNCF version, op types kept in fp32, number of images, the 1x1 forms), so a change to any of them
     builds anew. ``as_1x1``: quantize constant-weight matrix products and non-overlapping transposed convolutions
     as 1x1 convolutions (``openvino_int8_forms``); None decides by this CPU (``wants_1x1_forms``: x86 without
-    VNNI). The IR's .json says whether the forms were applied (not where NNCF left one of those convolutions
+    VNNI). The calibration then runs that form in fp32, where it is slower (Cascade: 2:45 instead of about 1 minute
+    for 16 images, once per cache entry). The IR's .json says whether the forms were applied (not where NNCF left one of those convolutions
     unquantized: that IR is built without them, and it is said).
     """
     import openvino as ov
@@ -166,14 +168,15 @@ def quantize_model(nncf, model, feeds: list[dict[str, np.ndarray]], ignored: lis
 
     rewritten = as_1x1_convolutions(model) if as_1x1 else []
     if rewritten:
-        say(f"{len(rewritten)} matrix products and transposed convolutions quantized as 1x1 convolutions (this CPU "
-            "has no VNNI: OpenVINO's int8 kernels for those are no faster than fp32 without it, its int8 1x1 "
-            "convolution is)")
+        say(f"rewriting {len(rewritten)} matrix products and transposed convolutions as 1x1 convolutions before "
+            "quantizing (on AVX2 CPUs without VNNI OpenVINO's int8 kernels for those are no faster than fp32, its "
+            "int8 1x1 convolution is; calibration runs that form in fp32 and takes longer)")
     quantized = _quantize(nncf, model, feeds, ignored, name, described, say)
     left = unquantized(quantized, rewritten)
     if left:
-        say(f"NNCF left {len(left)} of those convolutions in fp32 ({', '.join(left[:3])}...); quantizing again "
-            "with those ops as they were")
+        named = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        say(f"NNCF left {len(left)} of those convolutions in fp32 ({named}), where that form is slow; quantizing "
+            "again with those ops as they were")
         return _quantize(nncf, reread(), feeds, ignored, name, described, say), False
     return quantized, bool(rewritten)
 

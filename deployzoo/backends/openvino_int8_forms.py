@@ -29,13 +29,18 @@ INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 SUFFIX = "/as_1x1_convolution"  # friendly-name suffix of each rewritten op's convolution
 
 
-def wants_1x1_forms(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True on an x86 CPU with AVX2 and none of ``INT8_DOT_FLAGS`` (where the forms were measured to pay);
-    False elsewhere, also where the flags cannot be read (not Linux) or the CPU is not x86."""
+def wants_1x1_forms(cpuinfo: str | Path = "/proc/cpuinfo", machine: str | None = None) -> bool:
+    """True on an x86-64 CPU (``machine``, default ``platform.machine()``) with AVX2 and neither AVX-512 nor any of
+    ``INT8_DOT_FLAGS``: the kind of CPU where the forms were measured to pay. False elsewhere, also where the flags
+    cannot be read (not Linux): AVX-512 CPUs without VNNI and other architectures were not measured."""
+    import platform
+
     from deployzoo.doctor import cpu_flags
 
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
+        return False
     flags = cpu_flags(cpuinfo)
-    return bool(flags) and "avx2" in flags and not (flags & INT8_DOT_FLAGS)
+    return bool(flags) and "avx2" in flags and "avx512f" not in flags and not (flags & INT8_DOT_FLAGS)
 
 
 def as_1x1_convolutions(model) -> list[str]:
@@ -54,9 +59,16 @@ def _conv1x1(x, weight: np.ndarray, name: str):
     return conv
 
 
+def _f32(*outputs) -> bool:
+    from openvino import Type
+
+    return all(output.get_element_type() == Type.f32 for output in outputs)
+
+
 def _matmuls(model) -> list[str]:
-    """MatMul with a rank-2 first input [R, K] (R may be dynamic) and a 2-D Constant second input; products with
-    ``transpose_a``, a computed second input or other ranks are left as they are."""
+    """fp32 MatMul with a computed rank-2 first input [R, K] (R may be dynamic) and a 2-D Constant second input;
+    products with ``transpose_a``, a computed second input, a constant first one (NNCF quantizes no constant
+    activation, and one unquantized form would undo them all), other ranks or element types are left as they are."""
     from openvino import opset13 as ops
 
     rewritten = []
@@ -66,8 +78,8 @@ def _matmuls(model) -> list[str]:
         x, weight = node.input_value(0), node.input_value(1)
         attributes = node.get_attributes()
         rank = x.get_partial_shape().rank
-        if (weight.get_node().get_type_name() != "Constant" or attributes["transpose_a"]
-                or not rank.is_static or rank.get_length() != 2):
+        if (weight.get_node().get_type_name() != "Constant" or x.get_node().get_type_name() == "Constant"
+                or attributes["transpose_a"] or not rank.is_static or rank.get_length() != 2 or not _f32(x, weight)):
             continue
         w = weight.get_node().get_data()
         if w.ndim != 2:
@@ -83,8 +95,8 @@ def _matmuls(model) -> list[str]:
 
 
 def _deconvolutions(model) -> list[str]:
-    """ConvolutionBackpropData (2-D, no output-shape input) with a Constant weight [C_in, C_out, s, s], strides
-    (s, s), no padding, output padding or dilation; anything else is left as it is."""
+    """fp32 ConvolutionBackpropData (2-D, no output-shape input) with a Constant weight [C_in, C_out, s, s],
+    strides (s, s), no padding, output padding or dilation; anything else is left as it is."""
     from openvino import opset13 as ops
 
     rewritten = []
@@ -93,7 +105,7 @@ def _deconvolutions(model) -> list[str]:
             continue
         weight = node.input_value(1).get_node()
         attributes = node.get_attributes()
-        if weight.get_type_name() != "Constant":
+        if weight.get_type_name() != "Constant" or not _f32(node.input_value(0), node.input_value(1)):
             continue
         w = weight.get_data()
         if w.ndim != 4 or w.shape[2] != w.shape[3]:
