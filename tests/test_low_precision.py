@@ -122,6 +122,27 @@ def test_int8_cache_key_covers_the_calibration_images(tmp_path, monkeypatch, ref
     assert len(list(tmp_path.glob("*-int8-*.xml"))) == 3
 
 
+@needs_nncf
+def test_int8_cache_key_and_record_cover_the_1x1_forms(tmp_path, monkeypatch, refinedet_spec, refinedet_onnx,
+                                                       synthetic_voc, capsys):
+    import nncf
+
+    from deployzoo.backends.openvino_int8 import Calibration, quantized_ir
+
+    # NNCF as identity: nothing gets a FakeQuantize, so the rewritten upsamplings count as left in fp32 and the
+    # IR is built again without them (the fallback), and it says so
+    monkeypatch.setattr(nncf, "quantize", lambda model, dataset, **kw: model)
+    forms = quantized_ir(refinedet_spec, refinedet_onnx, tmp_path, Calibration(synthetic_voc, 1), as_1x1=True)
+    plain = quantized_ir(refinedet_spec, refinedet_onnx, tmp_path, Calibration(synthetic_voc, 1), as_1x1=False)
+    assert forms != plain
+    said = capsys.readouterr().out
+    assert "rewriting 3 matrix products and transposed convolutions" in said
+    assert "NNCF left 3 of those convolutions in fp32" in said
+    record = json.loads(forms.with_suffix(".json").read_text())
+    assert record["as_1x1_convolutions"] is True and record["as_1x1_convolutions_applied"] is False
+    assert json.loads(plain.with_suffix(".json").read_text())["as_1x1_convolutions"] is False
+
+
 # --- auto, with fake engines: the choice logic ---
 
 class _FakeBackend:
