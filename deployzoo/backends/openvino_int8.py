@@ -117,10 +117,11 @@ def quantized_ir(spec: ModelSpec, onnx_path: str | Path, cache_dir: str | Path, 
     batch size. The key hashes the ONNX file, the calibration images (their folder, ids and file contents) and the
     recipe (NNCF version, op types kept in fp32, number of images, the 1x1 forms), so a change to any of them
     builds anew. ``as_1x1``: quantize constant-weight matrix products and non-overlapping transposed convolutions
-    as 1x1 convolutions (``openvino_int8_forms``); None decides by this CPU (``wants_1x1_forms``: x86 without
-    VNNI). The calibration then runs that form in fp32, where it is slower (Cascade: 2:45 instead of about 1 minute
-    for 16 images, once per cache entry). The IR's .json says whether the forms were applied (not where NNCF left one of those convolutions
-    unquantized: that IR is built without them, and it is said).
+    as 1x1 convolutions (``openvino_int8_forms``); None decides by this CPU (``wants_1x1_forms``: x86-64 with AVX2
+    and neither AVX-512 nor VNNI). The calibration then runs that form in fp32, where it is slower (Cascade, 16
+    images: about 2:45 instead of 1 minute, once per cache entry). The IR's .json says whether the forms were
+    applied (not where NNCF left one of those convolutions unquantized: that IR is built without them, and it is
+    said).
     """
     import openvino as ov
 

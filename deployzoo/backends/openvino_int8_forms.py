@@ -1,15 +1,18 @@
-"""Graph forms whose int8 kernels are the fast ones in OpenVINO on x86 CPUs without VNNI: constant-weight matrix
-products and non-overlapping transposed convolutions, both rewritten as 1x1 convolutions before NNCF quantizes.
+"""Graph forms whose int8 kernels are the fast ones in OpenVINO on AVX2 CPUs without AVX-512 or VNNI: constant-weight
+matrix products and non-overlapping transposed convolutions, both rewritten as 1x1 convolutions before NNCF
+quantizes.
 
 Why: without VNNI, OpenVINO's CPU plugin (2026.4) runs an int8 FullyConnected through a generic int8 GEMM that is
 no faster than its fp32 one, and runs a transposed convolution in fp32 even when NNCF quantized its inputs, while
 its int8 1x1 convolution has a kernel of its own. Measured 2026-12-01 on a 2-core AMD EPYC (AVX2/FMA, no VNNI),
 2 threads, Cascade Mask R-CNN's fc6 ([1000, 12544] x [12544, 1024]): FullyConnected fp32 226 ms, int8 228-251 ms
 (``jit_gemm_I8``); the same product as a 1x1 convolution over 1000 images of 12544 channels, int8: 124 ms
-(``jit_avx2_1x1_I8``). The whole Cascade int8 graph went from 2.47-2.65 to 2.06-2.21 s per inference. In fp32
+(``jit_avx2_1x1_I8``). The whole Cascade int8 graph went from 2.47-2.83 to 2.06-2.53 s per inference
+(interleaved pairs, same calibration; RefineDet's three small upsamplings: no change either way). In fp32
 that convolution form is ten times slower than FullyConnected (2.2 s), so the forms are for the int8 recipe only,
-and each rewritten convolution must come out of NNCF quantized (``unquantized`` says which did not). On CPUs with
-VNNI or AMX the int8 FullyConnected kernels are the fast ones, so the graph is left as it is there.
+and each rewritten convolution must come out of NNCF quantized (``unquantized`` says which did not). Other CPUs
+keep the graph as it is: with VNNI or AMX the int8 FullyConnected kernels are the fast ones, and AVX-512 CPUs
+without VNNI and non-x86 machines were not measured (``wants_1x1_forms``).
 
 Both rewrites compute the same sums as the original op (exact up to fp32 summation order):
 - MatMul x [R, K] by a constant W [K, N] (or [N, K] with ``transpose_b``) -> Reshape [R, K, 1, 1] -> Convolution
