@@ -27,6 +27,18 @@ CPU_FEATURES = {
 }
 
 
+def _int8_line(flags: set[str]) -> str:
+    """What OpenVINO int8 gets on this CPU: dot-product instructions, or the 1x1 forms (backends/openvino_int8_forms)."""
+    from deployzoo.backends.openvino_int8_forms import INT8_DOT_FLAGS, wants_1x1_forms
+
+    if flags & INT8_DOT_FLAGS:
+        return "int8 dot products here (VNNI / AMX INT8): OpenVINO --precision int8 keeps the graph as it is"
+    if wants_1x1_forms():
+        return ("no int8 dot products (VNNI); OpenVINO --precision int8 quantizes FC layers and 2x2 stride-2 "
+                "upsamplings as 1x1 convolutions here, whose int8 kernel is the fast one on such CPUs")
+    return "no int8 dot products (VNNI); OpenVINO --precision int8 keeps the graph as it is (not measured here)"
+
+
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
     """The first processor's flags, or None where /proc/cpuinfo is absent (not Linux) or has none."""
     try:
@@ -147,6 +159,7 @@ def report() -> str:
         lines += (["  fp16 has native instructions here (AVX-512 FP16 / AMX FP16)"] if fp16 else
                   _wrapped("  fp16: ", "no native support (OpenVINO compiles fp16 at f32 here, so deployzoo refuses "
                                       "its --precision fp16; PyTorch emulates it, slowly)"))
+        lines += _wrapped("  int8: ", _int8_line(flags))
     lines += [f"  threads: {threads()}", "", f"GPU: {gpu()}", ""]
     root = cache.cache_root()
     found = cache.entries()

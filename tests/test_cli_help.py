@@ -45,6 +45,11 @@ def test_doctor_names_backends_cpu_features_gpu_threads_and_cache(capsys, tmp_pa
     for word in ("onnxruntime", "openvino", "pytorch-aoti", "CPU:", "GPU:", "threads:", str(tmp_path / "c")):
         assert word in text
     assert "0 entries" in text
+    from deployzoo.backends.openvino_int8_forms import wants_1x1_forms
+    from deployzoo.doctor import cpu_flags
+
+    if cpu_flags() is not None:  # what int8 gets on this CPU, as the quantizer will decide it
+        assert ("as 1x1 convolutions here" in text) is wants_1x1_forms()
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
