@@ -25,19 +25,16 @@ class FCNMaskHead(nn.Module):
         return self.conv_logits(F.relu(self.upsample(x)))
 
 
-def class_mask_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sigmoid of each RoI's own class channel: logits [R, K, M, M], labels [R] (-1 = padding) -> [R, M, M]."""
-    index = labels.clamp(min=0).reshape(-1, 1, 1, 1).expand(-1, 1, logits.shape[2], logits.shape[3])
-    return torch.gather(logits, 1, index)[:, 0].sigmoid()
-
-
 def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masks of the final detections: pool 14x14 from ``boxes`` [B, K, 4] with ``pooler`` (a
     MultiLevelRoIAlign), run the head, keep each detection's class -> [B, K, 28, 28] probabilities.
 
     Only real detections (``labels`` [B, K] >= 0) are pooled and run through the head; padding rows get
     all-zero masks. The head costs about 10 ms of CPU per RoI, and trained weights often keep far fewer than K
-    detections, so a fixed K would spend most of it on padding.
+    detections, so a fixed K would spend most of it on padding. Detections of one image with the very same box
+    (detectron2's Cascade regresses boxes class-agnostically, so every class a proposal keeps above the score
+    threshold is a detection on the same box) share one RoI: its features, and so its logits for every class,
+    are the same, and each detection reads its own class channel of them.
     """
     from deployzoo.ops.roi_extractor import flatten_rois
 
@@ -46,8 +43,13 @@ def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.
     flat_labels = labels.reshape(-1)
     valid = flat_labels >= 0
     keep = torch.nonzero(valid).squeeze(1)
-    logits = mask_head(pooler(features, flat[keep], batch_index[keep]))
-    probs = class_mask_probs(logits, flat_labels[keep])  # [V, M, M]
+    rois, rois_batch, rois_labels = flat[keep], batch_index[keep], flat_labels[keep]
+    row, distinct = _shared_boxes(rois, rois_batch)
+    logits = mask_head(pooler(features, rois[distinct], rois_batch[distinct]))  # [U, C, M, M]
+    # Detection v reads channel label[v] of row[v]: one Gather over [U * C, M, M] (the values gather(1) took).
+    classes, size = logits.shape[1], logits.shape[2:]
+    picked = logits.reshape(-1, size[0], size[1]).index_select(0, row * classes + rois_labels.clamp(min=0))
+    probs = picked.sigmoid()  # [V, M, M]
     # Back to [B*K, M, M] with one Gather: real detection k reads row (its rank among the real ones), padding
     # reads an appended zero row. No data-dependent shapes leave this function.
     zero = probs.new_zeros((1, probs.shape[1], probs.shape[2]))
@@ -55,3 +57,25 @@ def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.
     source = torch.where(valid, rank, torch.full_like(rank, 0) + keep.shape[0])
     probs = torch.cat([probs, zero]).index_select(0, source)
     return probs.reshape(batch, dets, probs.shape[-2], probs.shape[-1])
+
+
+# Larger than any RoI index, and exact in float32: OpenVINO's CPU plugin took 2**31 - 1 through float32 to INT_MIN.
+_NO_MATCH = 2**24
+
+
+def _shared_boxes(rois: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoIs [V, 4] of images ``batch_index`` [V] -> (row [V], distinct [U]): ``distinct`` the RoIs with no earlier
+    RoI of the same image on a bit-equal box (ascending), ``row[v]`` the position in ``distinct`` of RoI v's box.
+
+    A [V, V] comparison: V is at most the detections kept (100 per image), so it costs next to nothing.
+    """
+    index = torch.arange(rois.shape[0], device=rois.device)
+    same = (rois[:, None, :] == rois[None, :, :]).all(dim=-1) & (batch_index[:, None] == batch_index[None, :])
+    same = same | (index[:, None] == index[None, :])  # a RoI is its own match even if a coordinate were NaN
+    # One padded column keeps the minimum defined when there is no RoI at all (eager refuses an empty one, and
+    # export traces on a blank image).
+    candidates = F.pad(torch.where(same, index[None, :], _NO_MATCH), (0, 1), value=_NO_MATCH)
+    first = candidates.amin(dim=1)
+    is_first = first == index
+    row = (torch.cumsum(is_first.to(torch.int64), 0) - 1).index_select(0, first)
+    return row, torch.nonzero(is_first).squeeze(1)
