@@ -99,12 +99,12 @@ def test_exported_graph_shares_boxes_as_eager_does(case, engine, tmp_path):
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        run = lambda feeds: session.run(None, feeds)[0]  # noqa: E731
+        run = lambda feeds: session.run(None, feeds)[0]
     else:
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        run = lambda feeds: compiled(feeds)[0]  # noqa: E731
+        run = lambda feeds: compiled(feeds)[0]
     for given in (labels, torch.full_like(labels, -1)):  # also no detection at all: zero masks, no error
         got = run({n: t.numpy() for n, t in zip(names, (*features, boxes, given))})
         with torch.no_grad():
