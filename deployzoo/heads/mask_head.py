@@ -65,7 +65,8 @@ _NO_MATCH = 2**24
 
 def _shared_boxes(rois: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RoIs [V, 4] of images ``batch_index`` [V] -> (row [V], distinct [U]): ``distinct`` the RoIs with no earlier
-    RoI of the same image on a bit-equal box (ascending), ``row[v]`` the position in ``distinct`` of RoI v's box.
+    RoI of the same image on an equal box (ascending), ``row[v]`` the position in ``distinct`` of RoI v's box.
+    Equal is ``==`` on every coordinate: -0.0 matches 0.0 (RoIAlign pools both alike), a NaN matches nothing.
 
     A [V, V] comparison: V is at most the detections kept (100 per image), so it costs next to nothing.
     """
