@@ -110,3 +110,52 @@ def test_exported_graph_shares_boxes_as_eager_does(case, engine, tmp_path):
         with torch.no_grad():
             want = one_by_one(head, pooler, features, boxes, given).numpy()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_a_label_outside_the_classes_is_an_error_not_another_rois_mask(case):
+    head, pooler, features, boxes, labels = case
+    bad = labels.clone()
+    bad[0, 1] = 5  # 5 classes: channel 0 of the next distinct box would sit at this flat index
+    with torch.no_grad(), pytest.raises(IndexError):
+        detection_mask_probs(head, pooler, features, boxes, bad)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_exported_grouping_equals_eager(case, engine, tmp_path):
+    """The graph's own grouping (not only its values): which RoIs run the head, and the row each detection reads."""
+    from deployzoo.heads.mask_head import _shared_boxes
+
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+    import onnx
+
+    class Grouping(torch.nn.Module):
+        def forward(self, rois, batch_index):
+            return _shared_boxes(rois, batch_index)
+
+    _, _, _, boxes, _ = case
+    rois, batch_index = flatten_rois(boxes)
+    path = tmp_path / "grouping.onnx"
+    torch.onnx.export(Grouping(), (rois, batch_index), str(path), opset_version=17, dynamo=False,
+                      input_names=["rois", "batch_index"], output_names=["row", "distinct"],
+                      dynamic_axes={"rois": {0: "v"}, "batch_index": {0: "v"}})
+    model = onnx.load(str(path))
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        run = lambda feeds: session.run(None, feeds)
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU")
+        run = lambda feeds: [compiled(feeds)[k] for k in (0, 1)]
+    for count in (12, 3, 0):  # one compiled graph, several sizes, none at all
+        row, distinct = run({"rois": rois[:count].numpy(), "batch_index": batch_index[:count].numpy()})
+        want_row, want_distinct = _shared_boxes(rois[:count], batch_index[:count])
+        assert row.tolist() == want_row.tolist() and distinct.tolist() == want_distinct.tolist()
+    # all 12 rows (padding included): image 0 has 3 distinct boxes among its 6, image 1 has 5 among its 6 (its
+    # last box has image 0's coordinates, which is another RoI)
+    assert want_distinct.numel() == 0 and _shared_boxes(rois, batch_index)[1].tolist() == [0, 1, 2, 6, 7, 9, 10, 11]

@@ -46,9 +46,12 @@ def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.
     rois, rois_batch, rois_labels = flat[keep], batch_index[keep], flat_labels[keep]
     row, distinct = _shared_boxes(rois, rois_batch)
     logits = mask_head(pooler(features, rois[distinct], rois_batch[distinct]))  # [U, C, M, M]
-    # Detection v reads channel label[v] of row[v]: one Gather over [U * C, M, M] (the values gather(1) took).
+    # Detection v reads channel label[v] of row[v]: one Gather over [U * C, M, M]. A label outside 0..C-1 (NMS
+    # gives none) points past the end, so that the Gather fails instead of reading another RoI's channel.
     classes, size = logits.shape[1], logits.shape[2:]
-    picked = logits.reshape(-1, size[0], size[1]).index_select(0, row * classes + rois_labels.clamp(min=0))
+    flat_logits = logits.reshape(-1, size[0], size[1])
+    inside = (rois_labels >= 0) & (rois_labels < classes)
+    picked = flat_logits.index_select(0, torch.where(inside, row * classes + rois_labels, flat_logits.shape[0]))
     probs = picked.sigmoid()  # [V, M, M]
     # Back to [B*K, M, M] with one Gather: real detection k reads row (its rank among the real ones), padding
     # reads an appended zero row. No data-dependent shapes leave this function.
@@ -68,7 +71,8 @@ def _shared_boxes(rois: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.
     RoI of the same image on an equal box (ascending), ``row[v]`` the position in ``distinct`` of RoI v's box.
     Equal is ``==`` on every coordinate: -0.0 matches 0.0 (RoIAlign pools both alike), a NaN matches nothing.
 
-    A [V, V] comparison: V is at most the detections kept (100 per image), so it costs next to nothing.
+    A [V, V] comparison over the whole batch: V is the real detections of all its images (at most 100 per image),
+    18 ms of CPU at V = 800 in eager, little next to the head's 8 ms per RoI.
     """
     index = torch.arange(rois.shape[0], device=rois.device)
     same = (rois[:, None, :] == rois[None, :, :]).all(dim=-1) & (batch_index[:, None] == batch_index[None, :])
