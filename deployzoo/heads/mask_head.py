@@ -47,7 +47,7 @@ def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.
     row, distinct = _shared_boxes(rois, rois_batch)
     logits = mask_head(pooler(features, rois[distinct], rois_batch[distinct]))  # [U, C, M, M]
     # Detection v reads channel label[v] of row[v]: one Gather over [U * C, M, M]. A label outside 0..C-1 (NMS
-    # gives none) points past the end, so that the Gather fails instead of reading another RoI's channel.
+    # gives none) points past the end, so it never reads another RoI's channel (eager and ONNX Runtime raise).
     classes, size = logits.shape[1], logits.shape[2:]
     flat_logits = logits.reshape(-1, size[0], size[1])
     inside = (rois_labels >= 0) & (rois_labels < classes)
