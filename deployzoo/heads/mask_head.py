@@ -46,12 +46,13 @@ def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.
     rois, rois_batch, rois_labels = flat[keep], batch_index[keep], flat_labels[keep]
     row, distinct = _shared_boxes(rois, rois_batch)
     logits = mask_head(pooler(features, rois[distinct], rois_batch[distinct]))  # [U, C, M, M]
-    # Detection v reads channel label[v] of row[v]: one Gather over [U * C, M, M]. A label outside 0..C-1 (NMS
-    # gives none) points past the end, so it never reads another RoI's channel (eager and ONNX Runtime raise).
+    # Detection v reads channel label[v] of row[v]: one Gather over [U * C, M, M]. A label of C or more (NMS gives
+    # none; these are the real rows, labels >= 0) points past the end, so it never reads another RoI's channel
+    # (eager and ONNX Runtime raise).
     classes, size = logits.shape[1], logits.shape[2:]
     flat_logits = logits.reshape(-1, size[0], size[1])
-    inside = (rois_labels >= 0) & (rois_labels < classes)
-    picked = flat_logits.index_select(0, torch.where(inside, row * classes + rois_labels, flat_logits.shape[0]))
+    index = torch.where(rois_labels < classes, row * classes + rois_labels, flat_logits.shape[0])
+    picked = flat_logits.index_select(0, index)
     probs = picked.sigmoid()  # [V, M, M]
     # Back to [B*K, M, M] with one Gather: real detection k reads row (its rank among the real ones), padding
     # reads an appended zero row. No data-dependent shapes leave this function.
