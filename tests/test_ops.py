@@ -99,3 +99,37 @@ def test_decode_then_center_is_consistent():
     corners = decode_offsets(np.zeros((1, 4), np.float32), priors, (0.1, 0.2))
     assert np.allclose(corners, [[0.4, 0.3, 0.6, 0.7]])
     assert np.allclose(corners_to_center(corners), priors)
+
+
+def test_greedy_nms_threads_keep_their_own_work_arrays():
+    """run() post-processes in a thread while the next batch infers: concurrent calls on different inputs (and
+    sizes that make a thread grow its work arrays) give what one call at a time gives."""
+    import threading
+
+    from deployzoo.ops import nms
+
+    rng = np.random.default_rng(2)
+    cases = []
+    for n in (1000, 40, 700, 1300, 5):
+        xy = rng.uniform(0, 1, (n, 2)).astype(np.float32)
+        boxes = np.concatenate([xy, xy + rng.uniform(0.02, 0.3, (n, 2)).astype(np.float32)], 1)
+        cases.append((boxes, rng.uniform(0, 1, n).astype(np.float32)))
+    expected = [_dense_nms(b, s, 0.45, 1000) for b, s in cases]
+    got: dict[tuple[int, int, int], tuple[int, list[int]]] = {}
+
+    def work(thread: int) -> None:
+        for k in range(3):
+            for case, (b, s) in enumerate(cases[thread % 2 :] + cases[: thread % 2]):
+                got[(thread, k, case)] = (case + thread % 2) % len(cases), greedy_nms(b, s, 0.45, 1000).tolist()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 * 3 * len(cases)
+    for case, kept in got.values():
+        assert kept == expected[case]
+    # a call larger than the kept size gets work arrays of its own, which are not kept for the thread
+    big = nms._scratch(nms._KEEP_AT_MOST + 1)
+    assert big.size == nms._KEEP_AT_MOST + 1 and nms._scratch(16) is not big
