@@ -230,6 +230,32 @@ def test_multilevel_matches_single_level_calls():
         pool(features[:3], boxes, batch)
 
 
+def test_heads_run_in_level_order_and_come_back_in_roi_order():
+    """``level_major`` + the inverse is ``forward`` exactly, and a per-RoI head run by ``per_roi_head`` on the
+    level-ordered features gives, row for row, what it gives on ``forward``'s. Not always bit for bit: PyTorch's CPU
+    GEMM rounds a row in a short tail block differently (1 ulp at M = 10 here; on the Cascade and Mask R-CNN
+    fixture images, 1000 RoIs, the outputs were identical in eager, ONNX Runtime and OpenVINO)."""
+    from deployzoo.heads.box_head import Shared2FCBoxHead
+    from deployzoo.ops.roi_extractor import per_roi_head
+
+    torch.manual_seed(0)
+    head = Shared2FCBoxHead(in_channels=6, fc_channels=32, num_classes=5).eval()
+    pool = MultiLevelRoIAlign(7, [4, 8, 16, 32])
+    for sides in ([20, 60, 100, 130, 250, 300, 500, 700, 40, 900], [300, 20, 30], [50], []):
+        features, boxes, batch = _pyramid_inputs(21, sides)
+        pooled, inverse = pool.level_major(features, boxes, batch)
+        levels = map_roi_levels(boxes, 4)
+        # level-major: each row's RoI is on a level no finer than the row before it
+        assert torch.equal(levels[torch.argsort(inverse)], torch.sort(levels, stable=True).values)
+        assert torch.equal(pooled.index_select(0, inverse), pool(features, boxes, batch))
+        with torch.no_grad():
+            got = per_roi_head(head, pool, features, boxes, batch)
+            want = head(pool(features, boxes, batch))
+        assert len(got) == 2, sides
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=str(sides))
+
+
 @pytest.mark.parametrize("rule", ["mmdet", "detectron2"])
 def test_multilevel_onnx_dynamic_rois(rule):
     names = ["p2", "p3", "p4", "p5", "boxes", "batch"]

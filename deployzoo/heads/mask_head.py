@@ -27,7 +27,8 @@ class FCNMaskHead(nn.Module):
 
 def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masks of the final detections: pool 14x14 from ``boxes`` [B, K, 4] with ``pooler`` (a
-    MultiLevelRoIAlign), run the head, keep each detection's class -> [B, K, 28, 28] probabilities.
+    MultiLevelRoIAlign, its ``level_major``), run the head, keep each detection's class -> [B, K, 28, 28]
+    probabilities.
 
     Only real detections (``labels`` [B, K] >= 0) are pooled and run through the head; padding rows get
     all-zero masks. The head costs about 10 ms of CPU per RoI, and trained weights often keep far fewer than K
@@ -45,13 +46,17 @@ def detection_mask_probs(mask_head: FCNMaskHead, pooler, features, boxes: torch.
     keep = torch.nonzero(valid).squeeze(1)
     rois, rois_batch, rois_labels = flat[keep], batch_index[keep], flat_labels[keep]
     row, distinct = _shared_boxes(rois, rois_batch)
-    logits = mask_head(pooler(features, rois[distinct], rois_batch[distinct]))  # [U, C, M, M]
-    # Detection v reads channel label[v] of row[v]: one Gather over [U * C, M, M]. A label of C or more (NMS gives
-    # none; these are the real rows, labels >= 0) points past the end, so it never reads another RoI's channel
-    # (eager and ONNX Runtime raise).
+    # The head runs on the distinct boxes in the pooler's level order (``inverse``: each box's row there), so
+    # the pooled [U, 256, 14, 14] is never put back in box order: the one Gather below reads through it.
+    pooled, inverse = pooler.level_major(features, rois[distinct], rois_batch[distinct])
+    logits = mask_head(pooled)  # [U, C, M, M], level order
+    # Detection v reads channel label[v] of its box's row: one Gather over [U * C, M, M]. A label of C or more
+    # (NMS gives none; these are the real rows, labels >= 0) points past the end, so it never reads another RoI's
+    # channel (eager and ONNX Runtime raise).
     classes, size = logits.shape[1], logits.shape[2:]
     flat_logits = logits.reshape(-1, size[0], size[1])
-    index = torch.where(rois_labels < classes, row * classes + rois_labels, flat_logits.shape[0])
+    at = inverse.index_select(0, row)
+    index = torch.where(rois_labels < classes, at * classes + rois_labels, flat_logits.shape[0])
     picked = flat_logits.index_select(0, index)
     probs = picked.sigmoid()  # [V, M, M]
     # Back to [B*K, M, M] with one Gather: real detection k reads row (its rank among the real ones), padding

@@ -36,7 +36,7 @@ from deployzoo.models.d2_common import D2_PREPROCESS_DESCRIPTION, D2Preprocess, 
 from deployzoo.necks.fpn import FPN
 from deployzoo.ops.box_coder import DeltaBoxCoder, clip_boxes
 from deployzoo.ops.multiclass_nms import multiclass_nms, multiclass_nms_shared_boxes
-from deployzoo.ops.roi_extractor import MultiLevelRoIAlign, flatten_rois
+from deployzoo.ops.roi_extractor import MultiLevelRoIAlign, flatten_rois, per_roi_head
 from deployzoo.models.instance_seg_contract import contract_fields
 from deployzoo.registry import ModelSpec, PublishedFigure
 from deployzoo.structures import Detections
@@ -94,7 +94,7 @@ class CascadeRoIHeads(nn.Module):
                 boxes = clip_boxes(stages[-1].boxes, img_hw[:, None, :])
             batch, rois = boxes.shape[:2]
             flat, batch_index = flatten_rois(boxes)
-            logits, deltas = head(self.box_pooler(features, flat, batch_index))
+            logits, deltas = per_roi_head(head, self.box_pooler, features, flat, batch_index)
             logits, deltas = logits.reshape(batch, rois, -1), deltas.reshape(batch, rois, 4)
             stages.append(StageOutput(boxes, logits, deltas, coder.decode(boxes, deltas)))
         return stages

@@ -29,7 +29,7 @@ from deployzoo.models.mmdet_common import (PREPROCESS_DESCRIPTION, MMDetPreproce
 from deployzoo.necks.fpn import FPN
 from deployzoo.ops.box_coder import DeltaBoxCoder
 from deployzoo.ops.multiclass_nms import multiclass_nms
-from deployzoo.ops.roi_extractor import MultiLevelRoIAlign, flatten_rois
+from deployzoo.ops.roi_extractor import MultiLevelRoIAlign, flatten_rois, per_roi_head
 from deployzoo.models.instance_seg_contract import contract_fields
 from deployzoo.registry import ModelSpec, PublishedFigure
 from deployzoo.structures import Detections
@@ -64,7 +64,7 @@ class RoIHead(nn.Module):
         """Class logits [B, R, K+1] and deltas [B, R, 4K] for RoIs ``boxes`` [B, R, 4]."""
         batch, rois = boxes.shape[:2]
         flat, batch_index = flatten_rois(boxes)
-        logits, deltas = self.bbox_head(self.bbox_roi_extractor(features, flat, batch_index))
+        logits, deltas = per_roi_head(self.bbox_head, self.bbox_roi_extractor, features, flat, batch_index)
         return logits.reshape(batch, rois, -1), deltas.reshape(batch, rois, -1)
 
     def detect(self, proposals, valid, logits, deltas, img_hw):
