@@ -254,6 +254,11 @@ def test_heads_run_in_level_order_and_come_back_in_roi_order():
         assert len(got) == 2, sides
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=str(sides))
+        # a head with one output (not a tuple) gets one tensor back, not its rows one by one
+        with torch.no_grad():
+            fc6 = torch.nn.Sequential(torch.nn.Flatten(), head.shared_fcs[0])
+            single = per_roi_head(fc6, pool, features, boxes, batch)
+            torch.testing.assert_close(single, fc6(pool(features, boxes, batch)), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("rule", ["mmdet", "detectron2"])

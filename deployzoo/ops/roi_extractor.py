@@ -67,7 +67,8 @@ class MultiLevelRoIAlign(nn.Module):
         in input order; inverse [R] int64: RoI r's row in ``pooled``). ``pooled.index_select(0, inverse)`` is
         ``forward``'s result. A head that treats every RoI on its own (the box head's FCs, the mask head's
         convolutions) can run on ``pooled`` and gather only its outputs back into RoI order (``per_roi_head``):
-        the same values up to GEMM rounding, and the gather moves [R, 81 + 4] instead of [R, 256, 7, 7]. On
+        the same values up to GEMM rounding, and the gather moves the head's outputs (Cascade's [R, 81] and
+        [R, 4], Mask R-CNN's [R, 81] and [R, 320]) instead of [R, 256, 7, 7]. On
         Cascade Mask R-CNN (OpenVINO fp32, 2-core AVX2 EPYC) that took the copies and reorders around the poolers
         from 0.150 to 0.121 s per image.
         """
@@ -93,12 +94,16 @@ class MultiLevelRoIAlign(nn.Module):
 
 
 def per_roi_head(head: nn.Module, pooler: MultiLevelRoIAlign, features: list[Tensor], boxes: Tensor,
-                 batch_indices: Tensor) -> tuple[Tensor, ...]:
-    """``head`` (a module that treats each RoI on its own, returning a tuple of [R, ...] tensors) on the RoIs
-    ``boxes`` [R, 4] pooled by ``pooler``, run in the pooler's level order; its outputs come back in RoI order.
-    The same values as ``head(pooler(...))``, with the smaller outputs gathered instead of the pooled features."""
+                 batch_indices: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """``head`` (a module that treats each RoI on its own and returns one [R, ...] tensor or a tuple of them) on
+    the RoIs ``boxes`` [R, 4] pooled by ``pooler``, run in the pooler's level order; its outputs come back in RoI
+    order. The values of ``head(pooler(...))`` up to GEMM rounding (PyTorch's CPU GEMM may round a row of a short
+    tail block by an ulp), with the head's outputs gathered instead of the pooled features."""
     pooled, inverse = pooler.level_major(features, boxes, batch_indices)
-    return tuple(out.index_select(0, inverse) for out in head(pooled))
+    outputs = head(pooled)
+    if isinstance(outputs, Tensor):
+        return outputs.index_select(0, inverse)
+    return tuple(out.index_select(0, inverse) for out in outputs)
 
 
 def flatten_rois(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
