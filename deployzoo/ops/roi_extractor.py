@@ -68,9 +68,9 @@ class MultiLevelRoIAlign(nn.Module):
         ``forward``'s result. A head that treats every RoI on its own (the box head's FCs, the mask head's
         convolutions) can run on ``pooled`` and gather only its outputs back into RoI order (``per_roi_head``):
         the same values up to GEMM rounding, and the gather moves the head's outputs (Cascade's [R, 81] and
-        [R, 4], Mask R-CNN's [R, 81] and [R, 320]) instead of [R, 256, 7, 7]. On
-        Cascade Mask R-CNN (OpenVINO fp32, 2-core AVX2 EPYC) that took the copies and reorders around the poolers
-        from 0.150 to 0.121 s per image.
+        [R, 4], Mask R-CNN's [R, 81] and [R, 320]) instead of [R, 256, 7, 7]. On Cascade Mask R-CNN (OpenVINO
+        fp32, 2-core AVX2 EPYC) that took the copies and reorders around the poolers from 0.150 to 0.121 s per
+        image.
         """
         if len(features) != len(self.strides):
             raise ValueError(f"got {len(features)} feature maps for {len(self.strides)} strides")
