@@ -136,9 +136,11 @@ def make_backend(
     if precision != "fp32" or device != "cpu":
         model = copy.deepcopy(model)  # the backend casts / moves its module; the caller's stays the fp32 reference
     example = spec.make_example_inputs(batch_size) if mode == "aoti" else None
+    # Test-time settings (score threshold, detections kept) are constructor arguments traced into a package.
+    fields = {"test_settings": dict(spec.test_settings)} if spec.test_settings else None
     return PyTorchBackend(model, spec.graph_input_dims(), spec.output_names, batch_size, threads, source=spec.name,
                           precision=precision, device=device, mode=mode, cast_inputs=(spec.input_name,),
-                          example_inputs=example, cache_dir=cache_dir)
+                          example_inputs=example, cache_dir=cache_dir, package_fields=fields)
 
 
 def stack_batch(images: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, int]:

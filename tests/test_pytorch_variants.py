@@ -43,6 +43,34 @@ def test_aoti_package_matches_eager_and_is_cached(tmp_path, refinedet_spec, refi
         engine.infer(refinedet_spec.make_example_inputs(2))  # the package is built for batch 1
 
 
+def test_aoti_package_name_follows_what_the_graph_depends_on(refinedet_spec, refinedet_loaded, monkeypatch):
+    """The package stem changes with the test-time settings baked into the graph and with deployzoo's graph code
+    (a package traced from older model code, or with another score threshold, must not be reused)."""
+    from deployzoo import cache
+    from deployzoo.backends.pytorch_backend import PyTorchBackend
+
+    model = refinedet_loaded.model
+    args = [torch.zeros(1, 3, 320, 320)]
+
+    def stem(fields=None):
+        engine = PyTorchBackend(model, refinedet_spec.graph_input_dims(), refinedet_spec.output_names,
+                                source=refinedet_spec.name, package_fields=fields)
+        return engine._package_name(model, args)
+
+    plain = stem()
+    assert plain == stem() and plain.startswith("refinedet320-vgg16-voc-b1-fp32-cpu-")
+    assert stem({"test_settings": {"score_threshold": 0.3}}) not in (plain, stem({"test_settings": {"max_dets": 10}}))
+    monkeypatch.setattr(cache, "source_digest", lambda: "other-model-code")
+    assert stem() != plain
+    # make_backend hands the spec's test-time settings over
+    from deployzoo.test_settings import with_settings
+
+    changed = with_settings(refinedet_spec, {"score_threshold": 0.3})
+    assert make_backend("pytorch", changed, 1, model=model).package_fields == {
+        "test_settings": {"score_threshold": 0.3}}
+    assert make_backend("pytorch", refinedet_spec, 1, model=model).package_fields == {}
+
+
 def test_aoti_needs_a_cache_folder(refinedet_spec, refinedet_loaded):
     with pytest.raises(DeployzooError, match="cache folder"):
         make_backend("pytorch-aoti", refinedet_spec, 1, model=refinedet_loaded.model)

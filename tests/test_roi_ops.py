@@ -228,6 +228,11 @@ def test_multilevel_matches_single_level_calls():
         np.testing.assert_allclose(got[r : r + 1].numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError):
         pool(features[:3], boxes, batch)
+    # A non-finite box maps to no level: a clear error, not a short inverse (or another RoI's row)
+    bad = boxes.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="1 of 10 RoIs map to no FPN level"):
+        pool(features, bad, batch)
 
 
 def test_heads_run_in_level_order_and_come_back_in_roi_order():

@@ -28,8 +28,20 @@ def load_or_build(model: torch.nn.Module, args: list[torch.Tensor], cache_dir: P
                 exported = torch.export.export(model, tuple(args))
             except Exception as exc:  # torch.export's errors name the unsupported construct
                 raise DeployzooError(f"torch.export failed for {stem}: {type(exc).__name__}: {exc}") from exc
-            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / f"{stem}.pt2"))
+            # Inductor (torch 2.13, CPU) gives convolutions a channels-last layout whose strides come out wrong
+            # when the batch is a data-dependent size (the mask head on an image's detections): every mask was
+            # wrong, with no error. Graphs with such sizes are compiled without that layout change.
+            with torch._inductor.config.patch(layout_optimization=not has_data_dependent_shapes(exported)):
+                torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / f"{stem}.pt2"))
 
     # An engine-cache entry (deployzoo.cache): built in a temporary folder and renamed, so an interrupted build
     # never leaves a package that looks whole; checked (size, digest) before reuse.
     return cached(cache_dir, stem, [".pt2"], build, {"torch": torch.__version__}, what="AOTInductor package")
+
+
+def has_data_dependent_shapes(exported: torch.export.ExportedProgram) -> bool:
+    """Whether some value in ``exported``'s graph has a size known only at run time (nonzero's length and what
+    follows from it: the R-CNN models' RoIs per FPN level and their detections)."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    return any(free_unbacked_symbols(node.meta["val"]) for node in exported.graph.nodes if "val" in node.meta)

@@ -4,13 +4,15 @@ One class, three ways to run the same module:
   * ``eager``:   the module as it is;
   * ``compile``: ``torch.compile`` (Inductor), compiled on the first call of each input shape;
   * ``aoti``:    ``torch.export`` + AOTInductor, a ``.pt2`` package built once per model, weights, batch, shape,
-                 precision and device, and cached on disk like an engine file.
+                 precision, device, torch version, deployzoo's graph code and the caller's ``package_fields``
+                 (make_backend: the test-time settings), and cached on disk like an engine file.
 Precision: fp32, or the module cast to fp16 / bf16 (the image input too; size inputs stay fp32, since bf16
 cannot even hold 375 exactly). Outputs always come back as fp32 / integer numpy arrays.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,13 +56,16 @@ class PyTorchBackend(Backend):
         example_inputs: the inputs an aoti package is built for (its shapes are then fixed).
         cache_dir: where aoti packages are kept (required for aoti).
         cuda_graphs: compile mode on CUDA only: ``torch.compile(mode="reduce-overhead")``, which replays CUDA graphs.
+        package_fields: what else an aoti package depends on that the module's tensors do not show (JSON-able;
+            make_backend passes the test-time settings, which are constructor arguments baked into the graph).
     """
 
     def __init__(self, model: torch.nn.Module, input_dims: dict[str, tuple[int | None, ...]],
                  output_names: tuple[str, ...], batch_size: int = 1, threads: int = 0, source: str = "",
                  precision: str = "fp32", device: str = "cpu", mode: str = "eager",
                  cast_inputs: tuple[str, ...] | None = None, example_inputs: dict[str, np.ndarray] | None = None,
-                 cache_dir: str | Path | None = None, cuda_graphs: bool = False):
+                 cache_dir: str | Path | None = None, cuda_graphs: bool = False,
+                 package_fields: dict[str, Any] | None = None):
         super().__init__()
         if mode not in MODES:
             raise DeployzooError(f"PyTorch mode must be one of {tuple(MODES)}, got {mode!r}")
@@ -78,6 +83,7 @@ class PyTorchBackend(Backend):
         self.output_names = list(output_names)
         self.source = source or type(model).__name__
         self.package: Path | None = None
+        self.package_fields = dict(package_fields or {})
         if threads:
             torch.set_num_threads(threads)
         model = model.eval().to(self.device, self.dtype)
@@ -100,8 +106,15 @@ class PyTorchBackend(Backend):
         return torch._inductor.aoti_load_package(str(self.package))
 
     def _package_name(self, model: torch.nn.Module, args: list[torch.Tensor]) -> str:
-        """Stem naming what the package was built from; the digest covers weights, shapes and torch version."""
+        """Stem naming what the package was built from; the digest covers weights, shapes, torch version,
+        deployzoo's version and graph source (as the ONNX cache key: a package traced from older model code must
+        not be reused) and ``package_fields``."""
+        from deployzoo import __version__
+        from deployzoo.cache import source_digest
+
         digest = hashlib.sha256(torch.__version__.encode())
+        fields = {"deployzoo": __version__, "source": source_digest(), **self.package_fields}
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
         for name, tensor in model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -28,6 +28,8 @@ def nms_keep_mask(boxes: Tensor, scores: Tensor, iou_threshold: float, score_thr
     """
     if iou_threshold < 0:
         raise ValueError(f"iou_threshold must be >= 0, got {iou_threshold}")
+    if torch.compiler.is_exporting():
+        return torch.ops.deployzoo.nms_keep_mask(boxes, scores, float(iou_threshold), float(score_threshold))
     return _NmsKeepMask.apply(boxes, scores, float(iou_threshold), float(score_threshold))
 
 
@@ -36,12 +38,7 @@ class _NmsKeepMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, boxes, scores, iou_threshold, score_threshold):
-        boxes_np = boxes.detach().to(torch.float32).cpu().numpy()
-        scores_np = scores.detach().to(torch.float32).cpu().numpy()
-        mask = np.zeros(scores_np.shape, dtype=bool)
-        for b in range(scores_np.shape[0]):
-            mask[b] = _keep_one_image(boxes_np[b], scores_np[b], iou_threshold, score_threshold)
-        return torch.from_numpy(mask).to(scores.device)
+        return _keep_mask(boxes, scores, iou_threshold, score_threshold)
 
     @staticmethod
     def symbolic(g, boxes, scores, iou_threshold, score_threshold):
@@ -78,19 +75,15 @@ def nms_keep_mask_per_class(boxes: Tensor, scores: Tensor, iou_threshold: float,
     """
     if iou_threshold < 0:
         raise ValueError(f"iou_threshold must be >= 0, got {iou_threshold}")
+    if torch.compiler.is_exporting():
+        return torch.ops.deployzoo.nms_keep_mask_per_class(boxes, scores, float(iou_threshold), float(score_threshold))
     return _NmsKeepMaskPerClass.apply(boxes, scores, float(iou_threshold), float(score_threshold))
 
 
 class _NmsKeepMaskPerClass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes, scores, iou_threshold, score_threshold):
-        boxes_np = boxes.detach().to(torch.float32).cpu().numpy()
-        scores_np = scores.detach().to(torch.float32).cpu().numpy()
-        mask = np.zeros(scores_np.shape, dtype=bool)
-        for b in range(scores_np.shape[0]):
-            for c in range(scores_np.shape[1]):
-                mask[b, c] = _keep_one_image(boxes_np[b], scores_np[b, c], iou_threshold, score_threshold)
-        return torch.from_numpy(mask).to(scores.device)
+        return _keep_mask_per_class(boxes, scores, iou_threshold, score_threshold)
 
     @staticmethod
     def symbolic(g, boxes, scores, iou_threshold, score_threshold):
@@ -111,6 +104,47 @@ class _NmsKeepMaskPerClass(torch.autograd.Function):
         # as in nms_keep_mask: exact whether a backend's score filter is '>' or '>='
         candidates = g.op("Greater", scores, const(score_threshold, torch.float32))
         return g.op("And", kept, candidates)
+
+
+def _keep_mask(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    boxes_np = boxes.detach().to(torch.float32).cpu().numpy()
+    scores_np = scores.detach().to(torch.float32).cpu().numpy()
+    mask = np.zeros(scores_np.shape, dtype=bool)
+    for b in range(scores_np.shape[0]):
+        mask[b] = _keep_one_image(boxes_np[b], scores_np[b], iou_threshold, score_threshold)
+    return torch.from_numpy(mask).to(scores.device)
+
+
+def _keep_mask_per_class(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    boxes_np = boxes.detach().to(torch.float32).cpu().numpy()
+    scores_np = scores.detach().to(torch.float32).cpu().numpy()
+    mask = np.zeros(scores_np.shape, dtype=bool)
+    for b in range(scores_np.shape[0]):
+        for c in range(scores_np.shape[1]):
+            mask[b, c] = _keep_one_image(boxes_np[b], scores_np[b, c], iou_threshold, score_threshold)
+    return torch.from_numpy(mask).to(scores.device)
+
+
+# torch.export cannot trace the numpy loops above, so an exported program holds these ops (the keep masks have
+# the scores' shape) and an AOTInductor package calls back into the same host code.
+@torch.library.custom_op("deployzoo::nms_keep_mask", mutates_args=())
+def _nms_keep_mask_op(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    return _keep_mask(boxes, scores, iou_threshold, score_threshold)
+
+
+@_nms_keep_mask_op.register_fake
+def _(boxes, scores, iou_threshold, score_threshold):
+    return torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+
+
+@torch.library.custom_op("deployzoo::nms_keep_mask_per_class", mutates_args=())
+def _nms_keep_mask_per_class_op(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    return _keep_mask_per_class(boxes, scores, iou_threshold, score_threshold)
+
+
+@_nms_keep_mask_per_class_op.register_fake
+def _(boxes, scores, iou_threshold, score_threshold):
+    return torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
 
 
 def _keep_one_image(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, score_threshold: float) -> np.ndarray:

@@ -29,11 +29,32 @@ def roi_align(
     ``sampling_ratio`` 0 means ceil(roi_size / output_size) samples per bin along each axis, per RoI.
     ``aligned`` shifts sample points by half a pixel (torchvision ``aligned=True``, detectron2 ROIAlignV2,
     mmcv ``aligned=True``). Exports to ONNX (opset >= 16) as a single default-domain ``RoiAlign`` node.
-    Inference only: there is no backward.
+    Inference only: there is no backward. Under ``torch.export`` (AOTInductor packages) it is the custom op
+    ``deployzoo::roi_align``, whose kernel is this eager code.
     """
-    return _RoIAlign.apply(
-        features, boxes, batch_indices, int(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned)
-    )
+    args = (int(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned))
+    if torch.compiler.is_exporting():
+        return torch.ops.deployzoo.roi_align(features, boxes, batch_indices, *args)
+    return _RoIAlign.apply(features, boxes, batch_indices, *args)
+
+
+def _eager(features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned):
+    batched = EAGER == "batched" and not torch.jit.is_tracing()
+    eager = roi_align_batched if batched else roi_align_per_roi
+    return eager(features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+# torch.export cannot trace the eager code (its Python loop reads RoI coordinates), so an exported program holds
+# this op and an AOTInductor package calls back into the eager kernel. Its output's shape follows the inputs'.
+@torch.library.custom_op("deployzoo::roi_align", mutates_args=())
+def _roi_align_op(features: Tensor, boxes: Tensor, batch_indices: Tensor, output_size: int, spatial_scale: float,
+                  sampling_ratio: int, aligned: bool) -> Tensor:
+    return _eager(features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+@_roi_align_op.register_fake
+def _(features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned):
+    return features.new_empty((boxes.shape[0], features.shape[1], output_size, output_size))
 
 
 class _RoIAlign(torch.autograd.Function):
@@ -42,10 +63,9 @@ class _RoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned):
         # While the TorchScript exporter traces, forward only has to give the output's shape, and the batched
-        # formulation's in-place and out= ops inside the traced function break the exporter's graph passes.
-        batched = EAGER == "batched" and not torch.jit.is_tracing()
-        eager = roi_align_batched if batched else roi_align_per_roi
-        return eager(features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned)
+        # formulation's in-place and out= ops inside the traced function break the exporter's graph passes
+        # (_eager runs the per-RoI loop then).
+        return _eager(features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned)
 
     @staticmethod
     def symbolic(g, features, boxes, batch_indices, output_size, spatial_scale, sampling_ratio, aligned):

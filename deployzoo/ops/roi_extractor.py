@@ -88,8 +88,16 @@ class MultiLevelRoIAlign(nn.Module):
         # into a zero [R, C, out, out] tensor (ScatterElements with an expanded int64 index) cost ONNX Runtime
         # 16% of Cascade Mask R-CNN's time; inverting the permutation scatters only R integers.
         order = torch.cat(order)
+        if torch.compiler.is_exporting():
+            torch._check(order.shape[0] == boxes.shape[0])  # a run-time check in an AOTInductor package
+        elif not torch.jit.is_tracing() and order.shape[0] != boxes.shape[0]:
+            raise ValueError(f"{boxes.shape[0] - order.shape[0]} of {boxes.shape[0]} RoIs map to no FPN level "
+                             "(a non-finite box)")
         positions = torch.arange(order.shape[0], dtype=order.dtype, device=order.device)
-        inverse = torch.zeros_like(order).scatter(0, order, positions)
+        # The inverse takes the RoIs' own length, not the levels' total: torch.export cannot tell that nonzero's
+        # lengths add up to R, and every shape after the gather would be left free (an AOTInductor package then
+        # asserts guesses about them at run time).
+        inverse = torch.zeros_like(levels).scatter(0, order, positions)
         return torch.cat(pooled), inverse
 
 

@@ -39,7 +39,12 @@ def topk_clamped(x: torch.Tensor, k: int, dim: int = -1) -> tuple[torch.Tensor, 
     at_cut = x == cut
     room = k - above.sum(dim=1, keepdim=True)  # how many of the values equal to the cut are among the best k
     chosen = above | (at_cut & (torch.cumsum(at_cut.to(torch.int64), dim=1) <= room))
-    index = chosen.nonzero()[:, 1].reshape(batch, -1)  # [B, K], ascending: nonzero lists row-major
+    index = chosen.nonzero()[:, 1]
+    if torch.compiler.is_exporting():
+        # Exactly K are chosen per row. torch.export cannot know that of nonzero's length, and would build the
+        # rest of the graph on a free size (and assert guesses about it when the package runs): say so.
+        torch._check(index.shape[0] == batch * k)
+    index = index.reshape(batch, -1)  # [B, K], ascending: nonzero lists row-major
     values = torch.gather(x, 1, index)
     position = torch.arange(values.shape[1], device=x.device)
     earlier = position[None, :] < position[:, None]  # [K, K]: j (column) has a lower index than i (row)
