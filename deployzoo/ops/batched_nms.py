@@ -125,26 +125,17 @@ def _keep_mask_per_class(boxes: Tensor, scores: Tensor, iou_threshold: float, sc
     return torch.from_numpy(mask).to(scores.device)
 
 
-# torch.export cannot trace the numpy loops above, so an exported program holds these ops (the keep masks have
-# the scores' shape) and an AOTInductor package calls back into the same host code.
-@torch.library.custom_op("deployzoo::nms_keep_mask", mutates_args=())
-def _nms_keep_mask_op(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
-    return _keep_mask(boxes, scores, iou_threshold, score_threshold)
+def _register_host_op(name: str, kernel) -> None:
+    """``kernel`` (boxes, scores, iou_threshold, score_threshold) -> keep mask as the custom op ``deployzoo::name``:
+    torch.export cannot trace the numpy loops, so an exported program holds the op (its mask has the scores' shape)
+    and an AOTInductor package calls back into the same host code."""
+    op = torch.library.custom_op(f"deployzoo::{name}", kernel, mutates_args=())
+    op.register_fake(lambda boxes, scores, iou_threshold, score_threshold:
+                     torch.empty(scores.shape, dtype=torch.bool, device=scores.device))
 
 
-@_nms_keep_mask_op.register_fake
-def _(boxes, scores, iou_threshold, score_threshold):
-    return torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
-
-
-@torch.library.custom_op("deployzoo::nms_keep_mask_per_class", mutates_args=())
-def _nms_keep_mask_per_class_op(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
-    return _keep_mask_per_class(boxes, scores, iou_threshold, score_threshold)
-
-
-@_nms_keep_mask_per_class_op.register_fake
-def _(boxes, scores, iou_threshold, score_threshold):
-    return torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+_register_host_op("nms_keep_mask", _keep_mask)
+_register_host_op("nms_keep_mask_per_class", _keep_mask_per_class)
 
 
 def _keep_one_image(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, score_threshold: float) -> np.ndarray:
