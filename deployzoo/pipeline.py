@@ -46,8 +46,10 @@ class Engine:
         AOTInductor package, or an ONNX file fixed to one image size, meets an image of another size)."""
         from deployzoo.errors import BadInputError
 
+        check = getattr(self.backend, "check_inputs", None)  # a duck-typed backend may not have it
         try:
-            self.backend.check_inputs(feeds)
+            if check is not None:
+                check(feeds)
         except BadInputError as exc:
             if not ids:
                 raise
