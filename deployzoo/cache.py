@@ -3,9 +3,12 @@ and reused by every command.
 
 Where: ``$DEPLOYZOO_CACHE`` if set, else ``$XDG_CACHE_HOME/deployzoo``, else ``~/.cache/deployzoo``. One folder
 per kind (``onnx/``, ``openvino/``, ``int8/``, ``aoti/``); each entry is its file(s) plus a ``<stem>.entry.json``
-record that lists every file with its size and a digest of its first and last MiB. The record is written last,
-after the files were renamed into place, so an entry without one, or whose file is shorter or different than
-recorded (an interrupted copy, a full disk), is rebuilt and said so instead of crashing a backend.
+record that lists every file with its size, a digest of its first and last MiB and its modification time. The
+record is written last, after the files were renamed into place, so an entry without one, or whose file is shorter
+or different than recorded (an interrupted copy, a full disk, a file written to since), is rebuilt and said so
+instead of crashing a backend or, worse, running a damaged graph. The whole file is not hashed (a 290 MB graph
+costs about a second each time it is opened): a change that keeps the size, both ends and the modification time
+(bit rot, a tool that restores the time) is not seen; ``deployzoo cache clear`` removes such an entry.
 
 ONNX entries are keyed by model name, a digest of the weights (every tensor of the state dict), batch size (or
 dynamic), the graph's input shapes, precision, opset, the exporter's versions (torch, onnx, deployzoo) and a digest
@@ -110,6 +113,11 @@ class Entry:
                 return f"{name} has {size} bytes, {expected.get('size')} were written (truncated or replaced)"
             if file_fingerprint(path) != expected.get("fingerprint"):
                 return f"{name} differs from what was written (corrupt or replaced)"
+            # A write inside the file keeps its size and, away from its ends, the fingerprint: the time shows it.
+            if "mtime_ns" not in expected:
+                return f"{name} was recorded without its modification time (by an older deployzoo)"
+            if path.stat().st_mtime_ns != expected["mtime_ns"]:
+                return f"{name} was modified after it was written (its modification time changed)"
         return None
 
 
@@ -141,6 +149,8 @@ def _well_formed(record: Any) -> bool:
         if not name or Path(name).name != name or not isinstance(info, dict):
             return False
         if type(info.get("size")) is not int or not isinstance(info.get("fingerprint"), str):
+            return False
+        if "mtime_ns" in info and type(info["mtime_ns"]) is not int:
             return False
     return True
 
@@ -187,7 +197,8 @@ def cached(folder: str | Path, stem: str, suffixes: Iterable[str], build: Callab
             files[made.name] = {"size": made.stat().st_size, "fingerprint": file_fingerprint(made)}
         _record_path(folder, stem).unlink(missing_ok=True)  # the old record goes first: no stale record over new files
         for name in files:
-            os.replace(tmp / name, folder / name)
+            os.replace(tmp / name, folder / name)  # a rename keeps the modification time
+            files[name]["mtime_ns"] = (folder / name).stat().st_mtime_ns
         record = {"kind": folder.name, "stem": stem, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "files": files, "fields": fields or {}, "built": built or {}}
         _write_atomically(_record_path(folder, stem), json.dumps(record, indent=1))

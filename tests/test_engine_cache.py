@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,24 @@ def test_an_entry_is_built_once_reused_and_rebuilt_when_truncated(monkeypatch, t
     cache.cached(folder, "thing", [".xml", ".bin"], build, say=said.append)
     assert len(builds) == 2 and (folder / "thing.bin").stat().st_size == 5000
     assert "thing.bin has 1000 bytes, 5000 were written" in said[-1] and "building it again" in said[-1]
+
+    # Written to in the middle, same size and same first and last MiB: the modification time gives it away.
+    big = cache.kind_dir("aoti")
+    cache.cached(big, "pkg", [".pt2"], lambda tmp: (tmp / "pkg.pt2").write_bytes(bytes(3 << 20)), say=said.append)
+    time.sleep(0.05)  # file times may tick in jiffies (up to 10 ms): the write must land on a later one
+    with open(big / "pkg.pt2", "r+b") as f:
+        f.seek(3 << 19)
+        f.write(b"junk" * 1024)
+    record = json.loads((big / "pkg.entry.json").read_text())
+    assert cache.file_fingerprint(big / "pkg.pt2") == record["files"]["pkg.pt2"]["fingerprint"]  # the ends agree
+    cache.cached(big, "pkg", [".pt2"], lambda tmp: (tmp / "pkg.pt2").write_bytes(bytes(3 << 20)), say=said.append)
+    assert "pkg.pt2 was modified after it was written" in said[-1] and "building it again" in said[-1]
+    assert (big / "pkg.pt2").read_bytes() == bytes(3 << 20)
+    # A record from before modification times were kept is not trusted either
+    del record["files"]["pkg.pt2"]["mtime_ns"]
+    (big / "pkg.entry.json").write_text(json.dumps(record))
+    cache.cached(big, "pkg", [".pt2"], lambda tmp: (tmp / "pkg.pt2").write_bytes(bytes(3 << 20)), say=said.append)
+    assert "recorded without its modification time" in said[-1]
 
     (folder / "thing.entry.json").unlink()  # an interrupted build: files without a record are not trusted
     cache.cached(folder, "thing", [".xml", ".bin"], build, say=said.append)
