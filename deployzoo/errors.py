@@ -20,5 +20,10 @@ class BadInputError(DeployzooError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class InputShapeError(BadInputError):
+    """Inputs of a shape the engine was not built for (an AOTInductor package, or an ONNX file fixed to one image
+    size, given an image of another size): the runner refuses or skips the images concerned, one by one."""
+
+
 class CheckpointError(DeployzooError):
     """A checkpoint cannot be read, or does not fit the model it is loaded into."""

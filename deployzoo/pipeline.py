@@ -42,18 +42,19 @@ class Engine:
     def infer(self, feeds: dict[str, np.ndarray], ids: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """One batch of graph inputs (of the images ``ids``) -> outputs.
 
-        Raises BadInputError naming the batch's images when the engine was built for another input shape (an
-        AOTInductor package, or an ONNX file fixed to one image size, meets an image of another size)."""
-        from deployzoo.errors import BadInputError
+        Raises InputShapeError (a BadInputError) naming the batch's images when the engine was built for another
+        input shape (an AOTInductor package, or an ONNX file fixed to one image size, meets an image of another
+        size); runner.run_dataset then retries the batch's images one by one, to name or skip only those."""
+        from deployzoo.errors import InputShapeError
 
         check = getattr(self.backend, "check_inputs", None)  # a duck-typed backend may not have it
         try:
             if check is not None:
                 check(feeds)
-        except BadInputError as exc:
+        except InputShapeError as exc:
             if not ids:
                 raise
-            raise BadInputError(", ".join(ids), exc.problem + self._fixed_size_hint()) from None
+            raise InputShapeError(", ".join(ids), exc.problem + self._fixed_size_hint()) from None
         return self.backend.infer(feeds)
 
     def _fixed_size_hint(self) -> str:

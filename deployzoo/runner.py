@@ -20,7 +20,7 @@ from deployzoo import jsonio
 from deployzoo.bench.timing import StageTimer
 from deployzoo.data.loader import BadImage, ImageItem, PreparedImage, prepared_images
 from deployzoo.engine import split_outputs
-from deployzoo.errors import BadInputError, DeployzooError
+from deployzoo.errors import BadInputError, DeployzooError, InputShapeError
 from deployzoo.nonfinite import NonFiniteOutputError, check_outputs, check_result, describe, skipped_record
 from deployzoo.structures import Detections, LabelMap
 
@@ -231,17 +231,46 @@ def run_dataset(
         while pending:
             pending.pop(0).result()  # a batch's error (non-finite outputs) is raised here, in order
 
+    def one_by_one() -> None:
+        """The batch's images alone (each padded to the batch size), after the engine refused the batch's input
+        shape (an engine fixed to one image size): those it takes are stored in order; the first it refuses
+        stops the run naming its file, or with ``skip_bad`` each is skipped and listed."""
+        wait_pending()  # what came before is stored first, in order
+        for prepared in list(batch):
+            try:
+                with timer.stage("infer"):
+                    outputs = infer(collate([prepared.array], [prepared.meta], batch_size), [prepared.image_id])
+            except InputShapeError as exc:
+                problem = exc.problem
+                if not skip_bad:
+                    batch.clear()
+                    finish([], None, list(batch_skipped))
+                    batch_skipped.clear()
+                    raise BadInputError(prepared.path, problem) from None
+                tqdm.write(f"warning: skipped {prepared.path}: {problem}")
+                finish([], None, [{"image_id": prepared.image_id, "path": prepared.path, "problem": problem}])
+                continue
+            finish([prepared], outputs, [])
+        timer.inferred()
+        batch.clear()
+        finish([], None, list(batch_skipped))
+        batch_skipped.clear()
+
     def flush() -> None:
         outputs = None
         if batch:
             inputs = collate([p.array for p in batch], [p.meta for p in batch], batch_size)
-            if keep_inputs:
+            try:
+                with timer.stage("infer"):
+                    outputs = infer(inputs, [p.image_id for p in batch])
+            except InputShapeError:
+                one_by_one()
+                return
+            if keep_inputs:  # after the call: only inputs the engine took are replayed
                 if len(batch) == batch_size and "first_full_batch" not in fed:
                     # The engine's inputs of real images: a pure-inference benchmark can time these very ones.
                     fed["first_full_batch"] = inputs
                 _keep_for_replay(fed, inputs, len(batch), [ImageItem(p.image_id, p.path) for p in batch])
-            with timer.stage("infer"):
-                outputs = infer(inputs, [p.image_id for p in batch])
             timer.inferred()
         job = (list(batch), outputs, list(batch_skipped))
         batch.clear()

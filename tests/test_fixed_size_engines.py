@@ -24,7 +24,9 @@ class _FixedSize(Backend):
     def infer(self, inputs):
         self.check_inputs(inputs)
         self.ran = True
-        return {}
+        batch = next(iter(inputs.values())).shape[0]
+        # the image's mean as its one "score", so each result shows which image it came from
+        return {"score": inputs["image"].reshape(batch, -1).mean(axis=1, keepdims=True)}
 
     def describe(self):
         return {"backend": self.name}
@@ -55,6 +57,52 @@ def test_an_image_of_another_size_is_named_with_the_canvas_variant(model, extra)
     message = str(caught.value)
     assert "engine expects (1, 3, 800, 1088)" in message and "takes one image size, 800x1088" in message
     assert f"{model}@HxW pads every image" in message
+
+
+def _images(tmp_path, sizes):
+    from PIL import Image
+
+    paths = []
+    for k, (w, h) in enumerate(sizes):
+        path = tmp_path / f"img{k}.png"
+        Image.fromarray(np.full((h, w, 3), 20 * (k + 1), np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _run(spec, paths, batch_size, skip_bad):
+    from deployzoo.data.loader import items_from_paths
+    from deployzoo.runner import run_dataset
+    from deployzoo.structures import Detections
+
+    backend = _FixedSize({"image": (batch_size, 3, 800, 1088), "img_hw": (batch_size, 2)})
+    engine = Engine(spec, backend, None, None, "stand-in")
+
+    def postprocess(outputs, meta):
+        return Detections(np.zeros((1, 4), np.float32), outputs["score"].astype(np.float32), np.zeros(1, np.int64))
+
+    return run_dataset(items_from_paths(paths), spec.preprocess, engine.infer, postprocess, batch_size,
+                       spec.make_feeds, skip_bad=skip_bad, progress=False)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_run_keeps_the_images_the_engine_takes_and_names_or_skips_the_others(tmp_path, batch_size):
+    """640x480 images fit the engine's 800x1088; a portrait one and a 16:9 one do not. With --skip-bad those are
+    skipped and listed and every other image has its own result; without, the run stops naming the first one's file
+    after storing the images before it. At batch 2 the engine refuses a whole batch that holds one of them, and the
+    batch's other image is then tried alone and kept."""
+    spec = get_spec("mmdet-mask-rcnn-r50-fpn-1x")
+    paths = _images(tmp_path, [(640, 480), (480, 640), (640, 480), (640, 360), (640, 480)])
+    run = _run(spec, paths, batch_size, skip_bad=True)
+    assert sorted(run.results) == ["img0", "img2", "img4"]
+    assert [s["image_id"] for s in run.skipped] == ["img1", "img3"]
+    assert all("takes one image size, 800x1088" in s["problem"] and "@HxW" in s["problem"] for s in run.skipped)
+    alone = _run(spec, [paths[2]], batch_size, skip_bad=True)  # each result is its own image's
+    assert float(run.results["img2"].scores[0]) == float(alone.results["img2"].scores[0])
+    assert float(run.results["img0"].scores[0]) != float(run.results["img2"].scores[0])
+    with pytest.raises(BadInputError) as caught:
+        _run(spec, paths, batch_size, skip_bad=False)
+    assert caught.value.path == str(paths[1]) and "engine expects" in caught.value.problem
 
 
 def test_no_canvas_variant_no_canvas_advice():

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deployzoo.errors import BadInputError
+from deployzoo.errors import BadInputError, InputShapeError
 
 
 class Backend(ABC):
@@ -54,7 +54,7 @@ class Backend(ABC):
             got = tuple(inputs[name].shape)
             if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
                 shown = tuple("?" if e is None else e for e in expected)
-                raise BadInputError(self.source or self.name, f"input '{name}' has shape {got}, engine expects {shown}")
+                raise InputShapeError(self.source or self.name, f"input '{name}' has shape {got}, engine expects {shown}")
 
     def native_call(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any] | None:
         """A zero-argument call that runs one batch through the backend's own API with ``inputs`` already
