@@ -394,6 +394,10 @@ def listing(width: int = 100) -> str:
         what = fields.get("model") or fields.get("onnx", "")
         if "batch" in fields:
             what += f", batch {fields['batch']}" + (", stand-in weights" if fields.get("stand_in") else "")
+        if "device" in fields:  # AOTInductor packages
+            what += f", {fields.get('precision', '?')} on {fields['device']}"
+        if fields.get("test_settings"):
+            what += ", " + ", ".join(f"{k} {v}" for k, v in sorted(fields["test_settings"].items()))
         state = "ok" if e.problem() is None else "broken"
         lines.append(f"  {e.kind:<8} {e.size_bytes / 1e6:>7.1f}  {state:<6} {_cut(e.stem, width - 27)}")
         if what:

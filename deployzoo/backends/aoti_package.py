@@ -10,11 +10,12 @@ import torch
 from deployzoo.errors import DeployzooError
 
 
-def load_or_build(model: torch.nn.Module, args: list[torch.Tensor], cache_dir: Path, stem: str) -> Path:
+def load_or_build(model: torch.nn.Module, args: list[torch.Tensor], cache_dir: Path, stem: str,
+                  fields: dict | None = None) -> Path:
     """The package ``cache_dir/<stem>.pt2``, built from ``model`` at ``args``' shapes when it is not there yet.
 
     The stem must name everything the package depends on (weights, shapes, precision, device, torch version):
-    a package found under it is used as it is.
+    a package found under it is used as it is. ``fields``: what it was built from, for ``deployzoo cache list``.
     """
     from deployzoo.cache import cached
 
@@ -23,6 +24,9 @@ def load_or_build(model: torch.nn.Module, args: list[torch.Tensor], cache_dir: P
         raise DeployzooError("AOTInductor compiles C++: no C++ compiler (c++ or g++, or $CXX) found on PATH")
 
     def build(tmp: Path) -> None:
+        # torch.export and the C++ compile take minutes on a few cores, with no output of their own: say so.
+        print(f"building the AOTInductor package {stem} into the engine cache {cache_dir} (torch.export, then "
+              "a C++ compile: 1-3 minutes on 2 cores)", flush=True)
         with torch.inference_mode(False), torch.no_grad():
             try:
                 exported = torch.export.export(model, tuple(args))
@@ -36,7 +40,8 @@ def load_or_build(model: torch.nn.Module, args: list[torch.Tensor], cache_dir: P
 
     # An engine-cache entry (deployzoo.cache): built in a temporary folder and renamed, so an interrupted build
     # never leaves a package that looks whole; checked (size, digest) before reuse.
-    return cached(cache_dir, stem, [".pt2"], build, {"torch": torch.__version__}, what="AOTInductor package")
+    return cached(cache_dir, stem, [".pt2"], build, {**(fields or {}), "torch": torch.__version__},
+                  what="AOTInductor package")
 
 
 def has_data_dependent_shapes(exported: torch.export.ExportedProgram) -> bool:

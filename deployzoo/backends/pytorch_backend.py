@@ -102,7 +102,9 @@ class PyTorchBackend(Backend):
         from deployzoo.backends.aoti_package import load_or_build
 
         args = self._to_torch(example_inputs)
-        self.package = load_or_build(model, args, Path(cache_dir), self._package_name(model, args))
+        fields = {"model": self.source, "batch": self.batch_size, "precision": self.precision,
+                  "device": self.device.type, "inputs": [list(a.shape) for a in args], **self.package_fields}
+        self.package = load_or_build(model, args, Path(cache_dir), self._package_name(model, args), fields)
         return torch._inductor.aoti_load_package(str(self.package))
 
     def _package_name(self, model: torch.nn.Module, args: list[torch.Tensor]) -> str:
