@@ -130,6 +130,23 @@ def test_rle_round_trip():
     assert decode_rle([], image_hw=(4, 6)).shape == (0, 4, 6)
 
 
+def test_pasted_layout_codes_as_a_c_ordered_copy_does():
+    """paste_masks hands back a view of column-major storage so encode_rle needs no copy; the RLEs must be
+    those of the same masks laid out plainly, and 0/1 integer masks of any order must code the same too."""
+    rng = np.random.default_rng(3)
+    probs = rng.random((7, 28, 28)).astype(np.float32)
+    boxes = np.array([[3, 4, 40, 30], [0, 0, 63, 47], [10.5, 2.2, 11.0, 9.9], [-5, -5, 20, 20],
+                      [50, 40, 90, 90], [1, 1, 1, 1], [20, 10, 35, 44]], np.float32)
+    masks = paste_masks(probs, boxes, (48, 64))
+    assert masks.shape == (7, 48, 64) and masks.dtype == bool
+    plain = np.ascontiguousarray(masks)
+    assert encode_rle(masks) == encode_rle(plain) == encode_rle(plain.astype(np.uint8))
+    assert encode_rle(masks) == encode_rle(np.asfortranarray(plain).astype(np.int64))
+    np.testing.assert_array_equal(decode_rle(encode_rle(masks)), plain)
+    empty = paste_masks(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32), (5, 6))
+    assert empty.shape == (0, 5, 6) and encode_rle(empty) == []
+
+
 def test_decode_uncompressed_rle():
     mask = np.zeros((4, 3), bool)
     mask[1:3, 1] = True  # column-major runs: 4 zeros (col 0), 1 zero, 2 ones, 1 zero, 4 zeros
