@@ -266,6 +266,43 @@ def _checked_onnx(path: str | None, spec, command: str):
     return spec
 
 
+def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: list[dict[str, str]]
+                    ) -> tuple[list[str], list[dict[str, str]]]:
+    """An engine of one input size (pytorch-aoti, a .onnx with fixed height and width) meets only images that
+    become that size: the others are refused, naming them, or with --skip-bad left out, before anything is built."""
+    from deployzoo.fixed_size import engine_input_hw, header_sizes, hint, misfits, refusal
+
+    fixed = engine_input_hw(spec, args.backend, args.batch, args.onnx)
+    if fixed is None:
+        return images, skipped
+    bad = misfits(spec, header_sizes(images), fixed, args.backend)
+    if bad and not args.skip_bad:
+        if len(bad) == 1:
+            raise BadInputError(bad[0]["path"], bad[0]["problem"] + hint(spec, args.backend, fixed)
+                                + "; nothing was built or run (--skip-bad leaves it out)")
+        raise DeployzooError(refusal(spec, args.backend, fixed, bad, len(images)))
+    left = {b["path"] for b in bad}
+    usable = [p for p in images if p not in left]
+    if not usable:
+        raise DeployzooError(f"none of the {len(images)} images fits this engine's input size (the first: "
+                             f"{bad[0]['path']}: {bad[0]['problem']})")
+    return usable, skipped + bad
+
+
+def _refuse_fixed_size_misfits(spec, args: argparse.Namespace, checked) -> None:
+    """eval: images an engine of one input size cannot take are named before anything is built. With --skip-bad
+    the run leaves each out when its turn comes and lists it (runner.run_dataset), as for any bad image."""
+    from deployzoo.fixed_size import engine_input_hw, misfits, refusal
+
+    fixed = engine_input_hw(spec, args.backend, args.batch, args.onnx)
+    if fixed is None or args.skip_bad:
+        return
+    bad = misfits(spec, {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}, fixed,
+                  args.backend)
+    if bad:
+        raise DeployzooError(refusal(spec, args.backend, fixed, bad, len(checked.sizes)))
+
+
 def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
     """The dataset at ``data`` checked whole (annotations, image headers) before any weights are loaded."""
     checked = spec.evaluation.validate(data, skip_bad=skip_bad, limit=limit)
@@ -324,6 +361,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # names, and each image file's header is readable.
     output_names(args.images)
     images, skipped = check_image_files(args.images, skip_bad=args.skip_bad)
+    images, skipped = _fit_fixed_size(spec, args, images, skipped)
     for s in skipped:
         print(f"warning: skipped {s['path']}: {s['problem']}", file=sys.stderr)
     out = Path(args.out)
@@ -397,6 +435,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         _checked_onnx(args.onnx, spec, "eval")
         _guard_can_open(args.onnx, args.precision)
+        _refuse_fixed_size_misfits(spec, args, checked)
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision, calibration=_calibration(args, args.data))

@@ -18,7 +18,7 @@ from deployzoo import nonfinite
 from deployzoo.errors import DeployzooError
 from deployzoo.export.onnx_export import ExportResult, export_onnx
 from deployzoo.predictions import records_for, write_label_maps, write_predictions
-from deployzoo.registry import ModelSpec, get_spec
+from deployzoo.registry import ModelSpec
 from deployzoo.runner import DatasetRun, InferFn, ResultStore, run_dataset
 from deployzoo.tasks.validation import CheckedSplit
 from deployzoo.test_settings import report_fields
@@ -59,18 +59,12 @@ class Engine:
 
     def _fixed_size_hint(self) -> str:
         """What to do when this engine's image size is fixed where the model's is free."""
-        free = self.spec.graph_input_dims().get(self.spec.input_name, ())
+        from deployzoo.fixed_size import free_hw, hint
+
         fixed = self.backend.input_shapes.get(self.spec.input_name, ())
-        if len(free) < 3 or None not in free[-2:] or len(fixed) < 3 or None in fixed[-2:]:
+        if not free_hw(self.spec) or len(fixed) < 3 or None in fixed[-2:]:
             return ""
-        size = f"{fixed[-2]}x{fixed[-1]}"
-        hint = f" (this {self.backend.name} engine takes one image size, {size}"
-        try:
-            get_spec(f"{self.spec.name}@{size}")
-        except DeployzooError:  # no fixed-canvas variant (PSPNet's label-map output)
-            return hint + ")"
-        return (hint + f"; the fixed-canvas variant {self.spec.name}@HxW pads every image to one size H x W, "
-                f"multiples of {self.spec.canvas_divisor})")
+        return hint(self.spec, self.backend.name, fixed[-2:])
 
     def describe(self) -> dict[str, Any]:
         return {**self.backend.describe(), "weights": self.weights, **report_fields(self.spec)}

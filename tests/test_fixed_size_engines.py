@@ -118,3 +118,133 @@ def test_a_fixed_size_model_gets_no_advice():
     with pytest.raises(BadInputError) as caught:
         engine.infer(_feeds(300, 300), ["x.jpg"])
     assert str(caught.value) == "x.jpg: input 'image' has shape (1, 3, 300, 300), engine expects (1, 3, 320, 320)"
+
+
+# --- found before the engine is built (deployzoo.fixed_size) ---------------------------------------------------
+
+def _image(path, h, w, seed=0):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    return str(path)
+
+
+@pytest.mark.parametrize("model", ["d2-cascade-mask-rcnn-r50-fpn-3x", "mmdet-mask-rcnn-r50-fpn-1x",
+                                   "mmdet-fsaf-r50-fpn-1x", "mmseg-pspnet-r50-d8-voc12aug", "refinedet320-vgg16-voc"])
+def test_network_input_size_from_the_header_is_the_preprocessed_images(model):
+    from deployzoo.fixed_size import network_input_hw
+
+    spec = get_spec(model)
+    rng = np.random.default_rng(1)
+    for hw in [(480, 640), (640, 480), (375, 500), (300, 900), (33, 47)]:
+        picture = rng.integers(0, 255, (*hw, 3), dtype=np.uint8)
+        array, meta = spec.preprocess(picture)
+        expected = spec.make_feeds([array], [meta], 1)[spec.input_name].shape[-2:]
+        assert network_input_hw(spec, hw) == tuple(expected)
+
+
+def test_which_engines_take_one_size(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deployzoo.fixed_size import engine_input_hw
+
+    fsaf = get_spec("mmdet-fsaf-r50-fpn-1x")
+    example = fsaf.make_example_inputs(1)["image"].shape[-2:]
+    assert engine_input_hw(fsaf, "pytorch-aoti") == tuple(example)
+    assert engine_input_hw(fsaf, "pytorch") is None and engine_input_hw(fsaf, "onnxruntime") is None
+    # a fixed-canvas variant pads every image to its canvas; RefineDet resizes every image to 320x320
+    assert engine_input_hw(get_spec("mmdet-fsaf-r50-fpn-1x@800x1344"), "pytorch-aoti") is None
+    assert engine_input_hw(get_spec("refinedet320-vgg16-voc"), "pytorch-aoti") is None
+
+    def onnx_file(name, dims):
+        graph = helper.make_graph([helper.make_node("Identity", ["image"], ["out"])], "g",
+                                  [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, dims)])
+        path = tmp_path / name
+        onnx.save(helper.make_model(graph), path)
+        return path
+
+    fixed = onnx_file("fixed.onnx", [1, 3, 608, 800])
+    assert engine_input_hw(fsaf, "onnxruntime", 1, fixed) == (608, 800)
+    assert engine_input_hw(fsaf, "openvino", 1, fixed) == (608, 800)
+    assert engine_input_hw(fsaf, "onnxruntime", 1, onnx_file("free.onnx", [1, 3, "h", "w"])) is None
+
+
+def _predict_args(tmp_path, images, *extra):
+    return ["predict", "mmdet-fsaf-r50-fpn-1x", "--backend", "pytorch-aoti", "--out", str(tmp_path / "out"),
+            "--no-draw", *extra, *images]
+
+
+class _Built(Exception):
+    """Raised by the stand-in open_engine: the command got as far as building the engine."""
+
+
+def test_predict_names_images_of_another_size_before_building(tmp_path, monkeypatch, capsys):
+    from deployzoo import pipeline
+    from deployzoo.cli import main
+
+    opened = []
+
+    def open_engine(*args, **kwargs):
+        opened.append(True)
+        raise _Built()
+
+    monkeypatch.setattr(pipeline, "open_engine", open_engine)
+    land = _image(tmp_path / "land.png", 480, 640)
+    portrait = _image(tmp_path / "portrait.png", 640, 480)
+    wide = _image(tmp_path / "wide.jpg", 300, 900)
+    assert main(_predict_args(tmp_path, [land, portrait])) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"error: {portrait}: ") and not opened
+    assert "640x480 image becomes a 1088x800 network input" in message and "mmdet-fsaf-r50-fpn-1x@HxW" in message
+    assert "nothing was built or run" in message
+    assert main(_predict_args(tmp_path, [land, portrait, wide])) == 2
+    message = capsys.readouterr().err
+    assert not opened
+    assert "2 of 3 images" in message and portrait in message and wide in message and land + ":" not in message
+    assert not (tmp_path / "out" / "predictions.json").exists()
+    # --skip-bad: the fitting image goes on to the engine, the others are listed as skipped
+    seen = {}
+
+    def predict_files(engine, images, **kwargs):
+        seen["images"] = list(images)
+        raise _Built()
+
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: Engine(get_spec("mmdet-fsaf-r50-fpn-1x"),
+                                                                       _FixedSize({}), None, None, "stand-in"))
+    monkeypatch.setattr(pipeline, "predict_files", predict_files)
+    with pytest.raises(_Built):
+        main(_predict_args(tmp_path, [portrait, land, wide], "--skip-bad"))
+    assert seen["images"] == [land]
+    assert main(_predict_args(tmp_path, [portrait, wide], "--skip-bad")) == 2
+    assert "none of the 2 images fits" in capsys.readouterr().err
+
+
+def test_eval_and_bench_e2e_name_images_of_another_size_before_building(tmp_path, monkeypatch, capsys):
+    from deployzoo import pipeline
+    from deployzoo.bench.e2e import open_runs
+    from deployzoo.cli import main
+    from deployzoo.data.loader import items_from_paths
+    from deployzoo.data.synthetic_coco import make_synthetic_coco
+
+    root = make_synthetic_coco(tmp_path / "coco", num_images=3)
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: (_ for _ in ()).throw(_Built()))
+    assert main(["eval", "mmdet-fsaf-r50-fpn-1x", "--data", str(root), "--backend", "pytorch-aoti",
+                 "--out", str(tmp_path / "eval")]) == 2
+    message = capsys.readouterr().err
+    assert "of 3 images do not fit" in message and "nothing was built or run" in message
+    # the same data through the canvas variant, whose engine takes every image: it gets as far as building
+    with pytest.raises(_Built):
+        main(["eval", "mmdet-fsaf-r50-fpn-1x@800x1344", "--data", str(root), "--backend", "pytorch-aoti",
+              "--out", str(tmp_path / "eval2")])
+
+    spec = get_spec("mmdet-fsaf-r50-fpn-1x")
+    items = items_from_paths([_image(tmp_path / "land.png", 480, 640), _image(tmp_path / "portrait.png", 640, 480)])
+    built = []
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: built.append(a[1]) or (_ for _ in ()).throw(_Built()))
+    runs = open_runs(spec, ["pytorch-aoti"], ["fp32"], loaded=None, work_dir=tmp_path, items=items)
+    aoti = [r for r in runs if r.backend == "pytorch-aoti"][0]
+    assert aoti.status == "failed" and "1 of 2 images do not fit" in aoti.error and "portrait.png" in aoti.error
+    assert "pytorch-aoti" not in built

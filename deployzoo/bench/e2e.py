@@ -255,9 +255,10 @@ def _one_pass(spec, engine, items: Sequence[ImageItem], postprocess) -> list[tup
 
 
 def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, work_dir: str | Path,
-              threads: int = 0, device: str = "cpu") -> list[EngineRun]:
+              threads: int = 0, device: str = "cpu", items: Sequence[ImageItem] = ()) -> list[EngineRun]:
     """The yardstick (eager PyTorch fp32, first) and every backend x precision asked for, opened at batch 1.
-    A combination the backend does not offer, or that fails to open, becomes a row with its reason."""
+    A combination the backend does not offer, or that fails to open, becomes a row with its reason; so does an
+    engine of one input size (pytorch-aoti) that some of ``items`` do not fit, before it is built."""
     from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.cache import cached_onnx
     from deployzoo.pipeline import open_engine
@@ -271,6 +272,7 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
         runs.append(run)
         try:
             check_precision(backend, precision)
+            _refuse_misfits(spec, backend, items)
             if backend in ONNX_BACKENDS and onnx_path is None:
                 onnx_path = cached_onnx(loaded, batch_size=1).path
             run.engine = open_engine(spec, backend, 1, onnx_path=onnx_path if backend in ONNX_BACKENDS else None,
@@ -285,13 +287,24 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
     return runs
 
 
+def _refuse_misfits(spec, backend: str, items: Sequence[ImageItem]) -> None:
+    """Raise (naming them) when ``backend``'s engine takes one input size that some images do not become."""
+    from deployzoo.fixed_size import engine_input_hw, header_sizes, misfits, refusal
+
+    fixed = engine_input_hw(spec, backend, 1) if items else None
+    if fixed is not None:
+        bad = misfits(spec, header_sizes([item.path for item in items]), fixed, backend)
+        if bad:
+            raise BadInputError(backend, refusal(spec, backend, fixed, bad, len(items), skip_hint=False))
+
+
 def bench_e2e(spec, loaded, items: Sequence[ImageItem], backends: Sequence[str], precisions: Sequence[str],
               work_dir: str | Path, repeats: int = 3, warmup: int = 1, threads: int = 0, device: str = "cpu",
               image_note: str = "", progress: bool = True) -> E2EResult:
     """Open the engines, run the interleaved passes, close the engines; the result has the table."""
     from deployzoo.bench.report import environment
 
-    runs = open_runs(spec, backends, precisions, loaded, work_dir, threads=threads, device=device)
+    runs = open_runs(spec, backends, precisions, loaded, work_dir, threads=threads, device=device, items=items)
     yardstick = " ".join(YARDSTICK)
     try:
         run_passes(spec, runs, items, repeats=repeats, warmup=warmup, yardstick=yardstick, progress=progress)
