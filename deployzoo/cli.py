@@ -289,20 +289,6 @@ def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: 
     return usable, skipped + bad
 
 
-def _refuse_fixed_size_misfits(spec, args: argparse.Namespace, checked) -> None:
-    """eval: images an engine of one input size cannot take are named before anything is built. With --skip-bad
-    the run leaves each out when its turn comes and lists it (runner.run_dataset), as for any bad image."""
-    from deployzoo.fixed_size import engine_input_hw, misfits, refusal
-
-    fixed = engine_input_hw(spec, args.backend, args.batch, args.onnx)
-    if fixed is None or args.skip_bad:
-        return
-    bad = misfits(spec, {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}, fixed,
-                  args.backend)
-    if bad:
-        raise DeployzooError(refusal(spec, args.backend, fixed, bad, len(checked.sizes)))
-
-
 def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
     """The dataset at ``data`` checked whole (annotations, image headers) before any weights are loaded."""
     checked = spec.evaluation.validate(data, skip_bad=skip_bad, limit=limit)
@@ -435,7 +421,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         _checked_onnx(args.onnx, spec, "eval")
         _guard_can_open(args.onnx, args.precision)
-        _refuse_fixed_size_misfits(spec, args, checked)
+        if not args.skip_bad:  # with it, the run skips and lists each such image when its turn comes
+            from deployzoo.fixed_size import refuse_misfits
+
+            refuse_misfits(spec, args.backend, {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()},
+                           args.batch, args.onnx, skip_hint=True)
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision, calibration=_calibration(args, args.data))
@@ -719,13 +709,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         output_names(args.images)
         check_image_files(args.images, offers_skip_bad=False)
+    items = _compare_items(spec, args, out, checked)
+    from deployzoo.fixed_size import header_sizes, refuse_misfits
+
+    refuse_misfits(spec, args.backend, header_sizes([item.path for item in items]), args.batch, args.onnx)
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
     precision, _ = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=args.onnx, data=args.data)
     engine = open_engine(spec, args.backend, args.batch, onnx_path=args.onnx, work_dir=out, threads=args.threads,
                          loaded=loaded, precision=precision, calibration=_calibration(args, args.data))
     reference = open_engine(spec, "pytorch", 1, loaded=loaded)
-    items = _compare_items(spec, args, out, checked)
     agreement = compare_engines(engine, reference, items)
     print(agreement.table())
     write_json(out / "compare.json", agreement.to_dict())

@@ -110,3 +110,14 @@ def refusal(spec: ModelSpec, backend: str, fixed_hw: Sequence[int], bad: Sequenc
     skip = "; --skip-bad leaves them out" if skip_hint else ""
     return (f"{len(bad)} of {total} images do not fit the engine's input size{hint(spec, backend, fixed_hw)}, "
             f"so nothing was built or run{skip}: {listed}{more}")
+
+
+def refuse_misfits(spec: ModelSpec, backend: str, image_sizes: Mapping[str, tuple[int, int]],
+                   batch_size: int | None = 1, onnx_path: str | Path | None = None, skip_hint: bool = False) -> None:
+    """Raise DeployzooError naming the images (key: path) that the engine ``backend`` is about to build for one
+    input size would refuse; nothing when it takes every size. ``skip_hint``: the command has --skip-bad."""
+    fixed = engine_input_hw(spec, backend, batch_size, onnx_path)
+    if fixed is not None:
+        bad = misfits(spec, image_sizes, fixed, backend)
+        if bad:
+            raise DeployzooError(refusal(spec, backend, fixed, bad, len(image_sizes), skip_hint=skip_hint))

@@ -248,3 +248,19 @@ def test_eval_and_bench_e2e_name_images_of_another_size_before_building(tmp_path
     aoti = [r for r in runs if r.backend == "pytorch-aoti"][0]
     assert aoti.status == "failed" and "1 of 2 images do not fit" in aoti.error and "portrait.png" in aoti.error
     assert "pytorch-aoti" not in built
+
+
+def test_compare_names_images_of_another_size_before_loading(tmp_path, monkeypatch, capsys):
+    from deployzoo import engine as engine_module
+    from deployzoo.cli import main
+
+    monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: (_ for _ in ()).throw(_Built()))
+    land = _image(tmp_path / "land.png", 480, 640)
+    portrait = _image(tmp_path / "portrait.png", 640, 480)
+    assert main(["compare", "d2-cascade-mask-rcnn-r50-fpn-3x", "--backend", "pytorch-aoti", "--out",
+                 str(tmp_path / "cmp"), "--images", land, portrait]) == 2
+    message = capsys.readouterr().err
+    assert "1 of 2 images do not fit" in message and portrait in message and "d2-cascade-mask-rcnn-r50-fpn-3x@HxW" in message
+    with pytest.raises(_Built):  # the images that fit go on to the model
+        main(["compare", "d2-cascade-mask-rcnn-r50-fpn-3x", "--backend", "pytorch-aoti", "--out",
+              str(tmp_path / "cmp"), "--images", land])

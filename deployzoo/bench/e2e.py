@@ -261,6 +261,7 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
     engine of one input size (pytorch-aoti) that some of ``items`` do not fit, before it is built."""
     from deployzoo.backends import ONNX_BACKENDS
     from deployzoo.cache import cached_onnx
+    from deployzoo.fixed_size import header_sizes, refuse_misfits
     from deployzoo.pipeline import open_engine
     from deployzoo.precision import check_precision
 
@@ -272,7 +273,8 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
         runs.append(run)
         try:
             check_precision(backend, precision)
-            _refuse_misfits(spec, backend, items)
+            if items:  # an engine of one input size is not built for images it would refuse
+                refuse_misfits(spec, backend, header_sizes([item.path for item in items]))
             if backend in ONNX_BACKENDS and onnx_path is None:
                 onnx_path = cached_onnx(loaded, batch_size=1).path
             run.engine = open_engine(spec, backend, 1, onnx_path=onnx_path if backend in ONNX_BACKENDS else None,
@@ -285,17 +287,6 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
             run.status = "unsupported" if isinstance(exc, UnsupportedPrecision) else "failed"
             run.error = f"{type(exc).__name__}: {exc}" if run.status == "failed" else str(exc)
     return runs
-
-
-def _refuse_misfits(spec, backend: str, items: Sequence[ImageItem]) -> None:
-    """Raise (naming them) when ``backend``'s engine takes one input size that some images do not become."""
-    from deployzoo.fixed_size import engine_input_hw, header_sizes, misfits, refusal
-
-    fixed = engine_input_hw(spec, backend, 1) if items else None
-    if fixed is not None:
-        bad = misfits(spec, header_sizes([item.path for item in items]), fixed, backend)
-        if bad:
-            raise BadInputError(backend, refusal(spec, backend, fixed, bad, len(items), skip_hint=False))
 
 
 def bench_e2e(spec, loaded, items: Sequence[ImageItem], backends: Sequence[str], precisions: Sequence[str],
