@@ -257,3 +257,17 @@ def test_export_output_option_picks_the_contract():
     assert _with_output(NAME + "@500x500", "logits") == NAME + "@500x500"
     with pytest.raises(DeployzooError, match="segmentation"):
         _with_output("refinedet320-vgg16-voc", "labels")
+
+
+def test_run_evaluates_free_size_pspnet_at_batch_1():
+    """Free-size PSPNet batches only images of one network-input size; run's few generated images of four
+    sizes gave short (padded) batches first and no ratio at batch 2. A fixed canvas batches everything."""
+    from deployzoo.models.pspnet import same_size_key
+    from deployzoo.registry import get_spec
+
+    free = get_spec("mmseg-pspnet-r50-d8-voc12aug")
+    assert free.run_defaults["eval_batch"] == 1
+    metas = [free.preprocess(np.zeros((h, w, 3), np.uint8))[1] for h, w in [(375, 500), (500, 375), (333, 500)]]
+    assert len({same_size_key(m) for m in metas}) == 3  # the generated set's sizes never share a batch
+    assert get_spec("mmseg-pspnet-r50-d8-voc12aug@512x1024").run_defaults["eval_batch"] == 2
+
