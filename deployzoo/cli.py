@@ -424,8 +424,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.skip_bad:  # with it, the run skips and lists each such image when its turn comes
             from deployzoo.fixed_size import refuse_misfits
 
-            refuse_misfits(spec, args.backend, {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()},
-                           args.batch, args.onnx, skip_hint=True)
+            sizes = {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}
+            refuse_misfits(spec, args.backend, sizes, args.batch, args.onnx, skip_hint=True)
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision, calibration=_calibration(args, args.data))
