@@ -270,23 +270,21 @@ def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: 
                     ) -> tuple[list[str], list[dict[str, str]]]:
     """An engine of one input size (pytorch-aoti, a .onnx with fixed height and width) meets only images that
     become that size: the others are refused, naming them, or with --skip-bad left out, before anything is built."""
-    from deployzoo.fixed_size import engine_input_hw, header_sizes, hint, misfits, refusal
+    from deployzoo.fixed_size import engine_input_hw, header_sizes, hint, misfits, needed_hw, refusal
 
     fixed = engine_input_hw(spec, args.backend, args.batch, args.onnx)
     if fixed is None:
         return images, skipped
     bad = misfits(spec, header_sizes(images), fixed, args.backend)
+    if bad and len(bad) == len(images):  # --skip-bad or not: nothing to build the engine for
+        raise DeployzooError(refusal(spec, args.backend, fixed, bad, len(images), skip_hint=False))
     if bad and not args.skip_bad:
         if len(bad) == 1:
-            raise BadInputError(bad[0]["path"], bad[0]["problem"] + hint(spec, args.backend, fixed)
+            raise BadInputError(bad[0]["path"], bad[0]["problem"] + hint(spec, args.backend, fixed, needed_hw(bad))
                                 + "; nothing was built or run (--skip-bad leaves it out)")
         raise DeployzooError(refusal(spec, args.backend, fixed, bad, len(images)))
     left = {b["path"] for b in bad}
-    usable = [p for p in images if p not in left]
-    if not usable:
-        raise DeployzooError(f"none of the {len(images)} images fits this engine's input size (the first: "
-                             f"{bad[0]['path']}: {bad[0]['problem']})")
-    return usable, skipped + bad
+    return [p for p in images if p not in left], skipped + [{"path": b["path"], "problem": b["problem"]} for b in bad]
 
 
 def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
@@ -421,11 +419,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         _checked_onnx(args.onnx, spec, "eval")
         _guard_can_open(args.onnx, args.precision)
-        if not args.skip_bad:  # with it, the run skips and lists each such image when its turn comes
-            from deployzoo.fixed_size import refuse_misfits
+        from deployzoo.fixed_size import refuse_misfits
 
-            sizes = {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}
-            refuse_misfits(spec, args.backend, sizes, args.batch, args.onnx, skip_hint=True)
+        # With --skip-bad the run skips and lists each such image when its turn comes, unless none fits.
+        sizes = {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}
+        refuse_misfits(spec, args.backend, sizes, args.batch, args.onnx, skip_hint=True, skip_bad=args.skip_bad)
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision, calibration=_calibration(args, args.data))

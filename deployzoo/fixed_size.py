@@ -27,11 +27,12 @@ def free_hw(spec: ModelSpec) -> bool:
 
 
 def engine_input_hw(spec: ModelSpec, backend: str, batch_size: int | None = 1,
-                    onnx_path: str | Path | None = None) -> tuple[int, int] | None:
-    """The one network input (H, W) the engine about to be built will take, or None when it takes any.
+                    onnx_path: str | Path | None = None) -> tuple[int | None, int | None] | None:
+    """The network input (H, W) the engine about to be built will take, None for a side it takes at any size;
+    None as a whole when it takes every size.
 
     ``pytorch-aoti``: the model's example input (``ModelSpec.make_example_inputs``), which the package is built
-    for. ONNX backends given a user's file: its image input's height and width when both are fixed numbers.
+    for. ONNX backends given a user's file: its image input's height and width where they are fixed numbers.
     """
     from deployzoo.backends import ONNX_BACKENDS
 
@@ -47,9 +48,14 @@ def engine_input_hw(spec: ModelSpec, backend: str, batch_size: int | None = 1,
         for graph_input in model.graph.input:
             if graph_input.name == spec.input_name:
                 dims = graph_input.type.tensor_type.shape.dim
-                if len(dims) >= 3 and all(d.HasField("dim_value") for d in dims[-2:]):
-                    return int(dims[-2].dim_value), int(dims[-1].dim_value)
+                if len(dims) >= 3:
+                    hw = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims[-2:])
+                    return None if hw == (None, None) else hw  # type: ignore[return-value]
     return None
+
+
+def _shown(hw: Sequence[int | None]) -> str:
+    return "x".join("any" if v is None else str(v) for v in hw)
 
 
 def network_input_hw(spec: ModelSpec, image_hw: tuple[int, int], _memo: dict | None = None) -> tuple[int, int]:
@@ -67,31 +73,51 @@ def network_input_hw(spec: ModelSpec, image_hw: tuple[int, int], _memo: dict | N
     return hw
 
 
-def hint(spec: ModelSpec, backend: str, fixed_hw: Sequence[int]) -> str:
-    """What to do about an engine of one image size, in parentheses (with a leading space)."""
+def hint(spec: ModelSpec, backend: str, fixed_hw: Sequence[int | None],
+         needed_hw: Sequence[int] | None = None) -> str:
+    """What to do about an engine of one input size, in parentheses (with a leading space). ``needed_hw``: the
+    largest network input (H, W) among the images it refused, which a fixed canvas must hold."""
+    from deployzoo.backends import ONNX_BACKENDS
+
+    text = f" (this {backend} engine takes one network input size, {_shown(fixed_hw)} (H x W)"
+    if backend in ONNX_BACKENDS:  # a user's file: the registry's variants are other graphs
+        return text + f"; a graph exported with free height and width (`deployzoo export {spec.name}`) takes every image)"
+    if not free_hw(spec) or len(fixed_hw) != 2 or None in fixed_hw:
+        return text + ")"
     size = f"{fixed_hw[0]}x{fixed_hw[1]}"
-    text = f" (this {backend} engine takes one image size, {size}"
     try:
         get_spec(f"{spec.name}@{size}")
     except DeployzooError:  # no fixed-canvas variant (PSPNet's label-map output)
         return text + ")"
-    return (text + f"; the fixed-canvas variant {spec.name}@HxW pads every image to one size H x W, "
-            f"multiples of {spec.canvas_divisor})")
+    divisor = spec.canvas_divisor
+    rule = f", sides multiples of {divisor}" if divisor > 1 else ""
+    example = ""
+    if needed_hw is not None:
+        h, w = (max(a, b) for a, b in zip(needed_hw, fixed_hw))
+        h, w = -(-h // divisor) * divisor, -(-w // divisor) * divisor
+        example = f"; {spec.name}@{h}x{w} holds all of these"
+    return text + f"; a fixed-canvas variant {spec.name}@HxW pads every image to one size{rule}{example})"
 
 
-def misfits(spec: ModelSpec, image_sizes: Mapping[str, tuple[int, int]], fixed_hw: Sequence[int],
+def misfits(spec: ModelSpec, image_sizes: Mapping[str, tuple[int, int]], fixed_hw: Sequence[int | None],
             backend: str) -> list[dict[str, str]]:
-    """``{"path", "problem"}`` of every image (key: its path or id) whose network input is not ``fixed_hw``,
-    in the mapping's order. ``image_sizes``: each image's decoded (H, W), from its header."""
+    """``{"path", "problem", "network_hw"}`` of every image (key: its path or id) whose network input does not
+    match ``fixed_hw`` (a None side matches any), in the mapping's order. ``image_sizes``: each image's decoded
+    (H, W), from its header."""
     memo: dict = {}
-    fixed = (int(fixed_hw[0]), int(fixed_hw[1]))
     out = []
     for name, size in image_sizes.items():
         got = network_input_hw(spec, size, memo)
-        if got != fixed:
-            out.append({"path": str(name), "problem": f"a {size[0]}x{size[1]} image becomes a {got[0]}x{got[1]} "
-                                                      f"network input, not {backend}'s {fixed[0]}x{fixed[1]}"})
+        if any(f is not None and int(f) != g for f, g in zip(fixed_hw, got)):
+            out.append({"path": str(name), "network_hw": got,
+                        "problem": f"an image of {size[0]}x{size[1]} (H x W) becomes network input {got[0]}x{got[1]}, "
+                                   f"not {backend}'s {_shown(fixed_hw)}"})
     return out
+
+
+def needed_hw(bad: Sequence[dict]) -> tuple[int, int]:
+    """The largest network input (H, W) among ``misfits``' refused images."""
+    return max(b["network_hw"][0] for b in bad), max(b["network_hw"][1] for b in bad)
 
 
 def header_sizes(paths: Sequence[str | Path]) -> dict[str, tuple[int, int]]:
@@ -101,23 +127,27 @@ def header_sizes(paths: Sequence[str | Path]) -> dict[str, tuple[int, int]]:
     return {str(p): tuple(image_header_hw(p)) for p in paths}  # type: ignore[misc]
 
 
-def refusal(spec: ModelSpec, backend: str, fixed_hw: Sequence[int], bad: Sequence[dict[str, str]], total: int,
+def refusal(spec: ModelSpec, backend: str, fixed_hw: Sequence[int | None], bad: Sequence[dict], total: int,
             skip_hint: bool = True) -> str:
     """One message naming the images (the first 10) that an engine of one input size cannot take, and what
     to do about it."""
     listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
     more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-    skip = "; --skip-bad leaves them out" if skip_hint else ""
-    return (f"{len(bad)} of {total} images do not fit the engine's input size{hint(spec, backend, fixed_hw)}, "
-            f"so nothing was built or run{skip}: {listed}{more}")
+    skip = "; --skip-bad leaves them out" if skip_hint and len(bad) < total else ""
+    count = f"{len(bad)} of the {total} images do" if total > 1 else "the image does"
+    return (f"{count} not fit the engine's input size{hint(spec, backend, fixed_hw, needed_hw(bad))}, so nothing "
+            f"was built or run{skip}: {listed}{more}")
 
 
 def refuse_misfits(spec: ModelSpec, backend: str, image_sizes: Mapping[str, tuple[int, int]],
-                   batch_size: int | None = 1, onnx_path: str | Path | None = None, skip_hint: bool = False) -> None:
+                   batch_size: int | None = 1, onnx_path: str | Path | None = None, skip_hint: bool = False,
+                   skip_bad: bool = False) -> None:
     """Raise DeployzooError naming the images (key: path) that the engine ``backend`` is about to build for one
-    input size would refuse; nothing when it takes every size. ``skip_hint``: the command has --skip-bad."""
+    input size would refuse; nothing when it takes every size. ``skip_hint``: the command has --skip-bad.
+    ``skip_bad``: the run will skip such images itself, so raise only when none of them fits (nothing to build
+    the engine for)."""
     fixed = engine_input_hw(spec, backend, batch_size, onnx_path)
     if fixed is not None:
         bad = misfits(spec, image_sizes, fixed, backend)
-        if bad:
+        if bad and (not skip_bad or len(bad) == len(image_sizes)):
             raise DeployzooError(refusal(spec, backend, fixed, bad, len(image_sizes), skip_hint=skip_hint))

@@ -55,7 +55,7 @@ def test_an_image_of_another_size_is_named_with_the_canvas_variant(model, extra)
     assert not backend.ran
     assert caught.value.path == "portrait.jpg"
     message = str(caught.value)
-    assert "engine expects (1, 3, 800, 1088)" in message and "takes one image size, 800x1088" in message
+    assert "engine expects (1, 3, 800, 1088)" in message and "takes one network input size, 800x1088" in message
     assert f"{model}@HxW pads every image" in message
 
 
@@ -96,7 +96,7 @@ def test_a_run_keeps_the_images_the_engine_takes_and_names_or_skips_the_others(t
     run = _run(spec, paths, batch_size, skip_bad=True)
     assert sorted(run.results) == ["img0", "img2", "img4"]
     assert [s["image_id"] for s in run.skipped] == ["img1", "img3"]
-    assert all("takes one image size, 800x1088" in s["problem"] and "@HxW" in s["problem"] for s in run.skipped)
+    assert all("takes one network input size, 800x1088" in s["problem"] and "@HxW" in s["problem"] for s in run.skipped)
     alone = _run(spec, [paths[2]], batch_size, skip_bad=True)  # each result is its own image's
     assert float(run.results["img2"].scores[0]) == float(alone.results["img2"].scores[0])
     assert float(run.results["img0"].scores[0]) != float(run.results["img2"].scores[0])
@@ -108,7 +108,7 @@ def test_a_run_keeps_the_images_the_engine_takes_and_names_or_skips_the_others(t
 def test_no_canvas_variant_no_canvas_advice():
     spec = get_spec("mmseg-pspnet-r50-d8-voc12aug-labels")  # label maps: no fixed-canvas variant
     engine = Engine(spec, _FixedSize({"image": (1, 3, 512, 683), "orig_hw": (1, 2)}), None, None, "stand-in")
-    with pytest.raises(BadInputError, match=r"^a\.jpg, b\.jpg: .*takes one image size, 512x683\)$"):
+    with pytest.raises(BadInputError, match=r"^a\.jpg, b\.jpg: .*takes one network input size, 512x683 \(H x W\)\)$"):
         engine.infer(_feeds(683, 512, "orig_hw"), ["a.jpg", "b.jpg"])
 
 
@@ -198,12 +198,12 @@ def test_predict_names_images_of_another_size_before_building(tmp_path, monkeypa
     assert main(_predict_args(tmp_path, [land, portrait])) == 2
     message = capsys.readouterr().err
     assert message.startswith(f"error: {portrait}: ") and not opened
-    assert "640x480 image becomes a 1088x800 network input" in message and "mmdet-fsaf-r50-fpn-1x@HxW" in message
+    assert "an image of 640x480 (H x W) becomes network input 1088x800" in message and "mmdet-fsaf-r50-fpn-1x@HxW" in message
     assert "nothing was built or run" in message
     assert main(_predict_args(tmp_path, [land, portrait, wide])) == 2
     message = capsys.readouterr().err
     assert not opened
-    assert "2 of 3 images" in message and portrait in message and wide in message and land + ":" not in message
+    assert "2 of the 3 images" in message and portrait in message and wide in message and land + ":" not in message
     assert not (tmp_path / "out" / "predictions.json").exists()
     # --skip-bad: the fitting image goes on to the engine, the others are listed as skipped
     seen = {}
@@ -219,7 +219,7 @@ def test_predict_names_images_of_another_size_before_building(tmp_path, monkeypa
         main(_predict_args(tmp_path, [portrait, land, wide], "--skip-bad"))
     assert seen["images"] == [land]
     assert main(_predict_args(tmp_path, [portrait, wide], "--skip-bad")) == 2
-    assert "none of the 2 images fits" in capsys.readouterr().err
+    assert "2 of the 2 images do not fit" in capsys.readouterr().err
 
 
 def test_eval_and_bench_e2e_name_images_of_another_size_before_building(tmp_path, monkeypatch, capsys):
@@ -234,7 +234,7 @@ def test_eval_and_bench_e2e_name_images_of_another_size_before_building(tmp_path
     assert main(["eval", "mmdet-fsaf-r50-fpn-1x", "--data", str(root), "--backend", "pytorch-aoti",
                  "--out", str(tmp_path / "eval")]) == 2
     message = capsys.readouterr().err
-    assert "of 3 images do not fit" in message and "nothing was built or run" in message
+    assert "3 of the 3 images do not fit" in message and "nothing was built or run" in message
     # the same data through the canvas variant, whose engine takes every image: it gets as far as building
     with pytest.raises(_Built):
         main(["eval", "mmdet-fsaf-r50-fpn-1x@800x1344", "--data", str(root), "--backend", "pytorch-aoti",
@@ -246,7 +246,7 @@ def test_eval_and_bench_e2e_name_images_of_another_size_before_building(tmp_path
     monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: built.append(a[1]) or (_ for _ in ()).throw(_Built()))
     runs = open_runs(spec, ["pytorch-aoti"], ["fp32"], loaded=None, work_dir=tmp_path, items=items)
     aoti = [r for r in runs if r.backend == "pytorch-aoti"][0]
-    assert aoti.status == "failed" and "1 of 2 images do not fit" in aoti.error and "portrait.png" in aoti.error
+    assert aoti.status == "failed" and "1 of the 2 images do not fit" in aoti.error and "portrait.png" in aoti.error
     assert "pytorch-aoti" not in built
 
 
@@ -260,7 +260,40 @@ def test_compare_names_images_of_another_size_before_loading(tmp_path, monkeypat
     assert main(["compare", "d2-cascade-mask-rcnn-r50-fpn-3x", "--backend", "pytorch-aoti", "--out",
                  str(tmp_path / "cmp"), "--images", land, portrait]) == 2
     message = capsys.readouterr().err
-    assert "1 of 2 images do not fit" in message and portrait in message and "d2-cascade-mask-rcnn-r50-fpn-3x@HxW" in message
+    assert "1 of the 2 images do not fit" in message and portrait in message and "d2-cascade-mask-rcnn-r50-fpn-3x@HxW" in message
     with pytest.raises(_Built):  # the images that fit go on to the model
         main(["compare", "d2-cascade-mask-rcnn-r50-fpn-3x", "--backend", "pytorch-aoti", "--out",
               str(tmp_path / "cmp"), "--images", land])
+
+
+def test_half_fixed_onnx_concrete_canvas_and_onnx_advice(tmp_path, monkeypatch, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deployzoo import pipeline
+    from deployzoo.cli import main
+    from deployzoo.data.synthetic_coco import make_synthetic_coco
+    from deployzoo.fixed_size import engine_input_hw, misfits, refusal
+
+    fsaf = get_spec("mmdet-fsaf-r50-fpn-1x")
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["out"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 800, "w"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 800, "w"])])
+    half = tmp_path / "half.onnx"
+    onnx.save(helper.make_model(graph), half)
+    assert engine_input_hw(fsaf, "onnxruntime", 1, half) == (800, None)
+    sizes = {"land.png": (480, 640), "wide.png": (300, 900), "portrait.png": (640, 480)}
+    bad = misfits(fsaf, sizes, (800, None), "onnxruntime")  # only the height is checked
+    assert [b["path"] for b in bad] == ["wide.png", "portrait.png"]
+    message = refusal(fsaf, "onnxruntime", (800, None), bad, 3)
+    assert "800xany (H x W)" in message and "deployzoo export mmdet-fsaf-r50-fpn-1x" in message and "@HxW" not in message
+    # pytorch-aoti: a canvas that holds every refused image is named
+    message = refusal(fsaf, "pytorch-aoti", (800, 1088), misfits(fsaf, sizes, (800, 1088), "pytorch-aoti"), 3)
+    assert "mmdet-fsaf-r50-fpn-1x@1088x1344 holds all of these" in message
+    assert "@HxW pads every image" in message
+    # eval --skip-bad when no image fits: refused before building, not built and then every image skipped
+    root = make_synthetic_coco(tmp_path / "coco", num_images=2)
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: (_ for _ in ()).throw(_Built()))
+    assert main(["eval", "mmdet-fsaf-r50-fpn-1x", "--data", str(root), "--backend", "pytorch-aoti", "--skip-bad",
+                 "--out", str(tmp_path / "eval")]) == 2
+    assert "2 of the 2 images do not fit" in capsys.readouterr().err
