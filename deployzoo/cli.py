@@ -146,6 +146,7 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
     if data_root is None:
         data_root = spec.evaluation.make_synthetic(out / "guard-data", num_images=args.guard_images)
         print(f"note: the accuracy guard runs on {args.guard_images} generated synthetic images ({data_root})")
+    _refuse_guard_misfits(spec, backend, data_root, onnx, args.guard_images)
 
     def engine(p: str):
         device = "cpu" if backend in ONNX_BACKENDS else getattr(args, "device", "cpu")
@@ -170,6 +171,23 @@ def _resolve_precision(args: argparse.Namespace, spec, backend: str, out: Path, 
     if result is not None and not result.holds and args.precision != "auto":
         print(f"warning: {precision} was asked for and is kept, but its accuracy guard does not hold")
     return precision, None if result is None else result.to_dict()
+
+
+def _refuse_guard_misfits(spec, backend: str, data_root, onnx, guard_images: int) -> None:
+    """The accuracy guard runs the engine on its images: an engine of one input size must fit them all, else it
+    is refused before it is built (the guard's images are rarely the ones the command was given)."""
+    from deployzoo.fixed_size import engine_input_hw, refuse_misfits
+
+    if engine_input_hw(spec, backend, 1, onnx) is None:
+        return
+    checked = spec.evaluation.validate(data_root, limit=guard_images)
+    sizes = {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}
+    try:
+        refuse_misfits(spec, backend, sizes, 1, onnx)
+    except DeployzooError as exc:
+        raise DeployzooError(f"the accuracy guard below fp32 runs this engine on {len(sizes)} images of {data_root} "
+                             f"(--guard-data, else --data, else generated): {exc}. Give --guard-data whose images "
+                             f"fit it, or use a fixed-canvas variant") from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:

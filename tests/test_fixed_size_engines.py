@@ -297,3 +297,17 @@ def test_half_fixed_onnx_concrete_canvas_and_onnx_advice(tmp_path, monkeypatch, 
     assert main(["eval", "mmdet-fsaf-r50-fpn-1x", "--data", str(root), "--backend", "pytorch-aoti", "--skip-bad",
                  "--out", str(tmp_path / "eval")]) == 2
     assert "2 of the 2 images do not fit" in capsys.readouterr().err
+
+
+def test_the_accuracy_guard_images_must_fit_a_fixed_size_engine(tmp_path, monkeypatch, capsys):
+    """Below fp32 the guard runs the engine on its own images (generated, here): those are checked too, before
+    any engine is built, and the message says they are the guard's."""
+    from deployzoo import pipeline
+    from deployzoo.cli import main
+
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: (_ for _ in ()).throw(_Built()))
+    land = _image(tmp_path / "land.png", 480, 640)
+    assert main(_predict_args(tmp_path, [land], "--precision", "fp16", "--guard-images", "2")) == 2
+    message = capsys.readouterr().err
+    assert "the accuracy guard below fp32 runs this engine on 2 images" in message
+    assert "2 of the 2 images do not fit" in message and "--guard-data" in message
