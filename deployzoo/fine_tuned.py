@@ -304,6 +304,13 @@ def _onnx_settings(spec, onnx, given: dict, changed: dict) -> dict:
         return changed
     if metadata.get("deployzoo.model", spec.name) != spec.name:
         return changed  # another model's file: refused by the ONNX check, naming both
+    if "deployzoo.model" not in metadata:
+        # A file made elsewhere records no settings: nothing to hold the options against, so they are used as
+        # given (the host's resize follows them; what its graph does after the image is its own).
+        if given:
+            print(f"note: {onnx} has no deployzoo metadata, so nothing says which test-time settings it was made "
+                  f"with: the options given are used")
+        return changed
     stored = from_metadata(spec, metadata, str(onnx))
     return reconcile(spec, check_settings(spec, **given, keep_official=True) if given else {}, stored, str(onnx))
 

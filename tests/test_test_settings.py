@@ -189,6 +189,24 @@ def test_onnx_metadata_brings_the_settings_back_and_conflicts_are_refused(tmp_pa
         spec_for(get_spec(REFINEDET), onnx=path, settings={"input_size": 320}, quiet=True)
 
 
+def test_a_file_made_elsewhere_takes_the_settings_given(tmp_path, capsys):
+    """A .onnx without deployzoo metadata records no settings: the options are used as given (with a note),
+    not refused as differing from settings the file never claimed."""
+    import onnx
+
+    from deployzoo.fine_tuned import spec_for
+    from deployzoo.registry import get_spec
+
+    path = tmp_path / "foreign.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(path))
+    spec = spec_for(get_spec("mmdet-fsaf-r50-fpn-1x"), onnx=path, settings={"input_size": 600, "max_size": 1000},
+                    quiet=True)
+    assert spec.test_settings == {"input_size": 600, "max_size": 1000}
+    assert "has no deployzoo metadata" in capsys.readouterr().out
+    assert spec_for(get_spec("mmdet-fsaf-r50-fpn-1x"), onnx=path, quiet=True).test_settings == {}
+    assert capsys.readouterr().out == ""
+
+
 def test_cache_key_and_reports_hold_the_settings(tmp_path):
     from deployzoo.cache import onnx_fields
     from deployzoo.cli import main
