@@ -266,6 +266,7 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
     from deployzoo.precision import check_precision
 
     wanted = [YARDSTICK] + [(b, p) for b in backends for p in precisions if (b, p) != YARDSTICK]
+    sizes = header_sizes([item.path for item in items])  # the command checked these files' headers already
     onnx_path = None
     runs = []
     for backend, precision in wanted:
@@ -273,8 +274,8 @@ def open_runs(spec, backends: Sequence[str], precisions: Sequence[str], loaded, 
         runs.append(run)
         try:
             check_precision(backend, precision)
-            if items:  # an engine of one input size is not built for images it would refuse
-                refuse_misfits(spec, backend, header_sizes([item.path for item in items]))
+            if sizes:  # an engine of one input size is not built for images it would refuse
+                refuse_misfits(spec, backend, sizes)
             if backend in ONNX_BACKENDS and onnx_path is None:
                 onnx_path = cached_onnx(loaded, batch_size=1).path
             run.engine = open_engine(spec, backend, 1, onnx_path=onnx_path if backend in ONNX_BACKENDS else None,
