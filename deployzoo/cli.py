@@ -180,8 +180,7 @@ def _refuse_guard_misfits(spec, backend: str, data_root, onnx, guard_images: int
 
     if engine_input_hw(spec, backend, 1, onnx) is None:
         return
-    checked = spec.evaluation.validate(data_root, limit=guard_images)
-    sizes = {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}
+    sizes = spec.evaluation.validate(data_root, limit=guard_images).sizes_by_path()
     try:
         refuse_misfits(spec, backend, sizes, 1, onnx)
     except DeployzooError as exc:
@@ -440,8 +439,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from deployzoo.fixed_size import refuse_misfits
 
         # With --skip-bad the run skips and lists each such image when its turn comes, unless none fits.
-        sizes = {str(checked.dataset.image_path(i)): hw for i, hw in checked.sizes.items()}
-        refuse_misfits(spec, args.backend, sizes, args.batch, args.onnx, skip_hint=True, skip_bad=args.skip_bad)
+        refuse_misfits(spec, args.backend, checked.sizes_by_path(), args.batch, args.onnx, skip_hint=True,
+                       skip_bad=args.skip_bad)
         precision, guard = _resolve_precision(args, spec, args.backend, out, onnx=args.onnx, data=args.data)
         engine = open_engine(spec, args.backend, args.batch, args.checkpoint, args.onnx, work_dir=out, threads=args.threads,
                              precision=precision, calibration=_calibration(args, args.data))

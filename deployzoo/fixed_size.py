@@ -11,6 +11,7 @@ found by preprocessing one blank image per distinct (H, W) from the headers.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -42,15 +43,24 @@ def engine_input_hw(spec: ModelSpec, backend: str, batch_size: int | None = 1,
         shape = spec.make_example_inputs(batch_size or 1)[spec.input_name].shape
         return int(shape[-2]), int(shape[-1])
     if backend in ONNX_BACKENDS and onnx_path is not None:
-        import onnx
+        stat = Path(onnx_path).stat()
+        return _onnx_input_hw(str(Path(onnx_path).resolve()), stat.st_size, stat.st_mtime_ns, spec.input_name)
+    return None
 
-        model = onnx.load(str(onnx_path), load_external_data=False)
-        for graph_input in model.graph.input:
-            if graph_input.name == spec.input_name:
-                dims = graph_input.type.tensor_type.shape.dim
-                if len(dims) >= 3:
-                    hw = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims[-2:])
-                    return None if hw == (None, None) else hw  # type: ignore[return-value]
+
+@functools.lru_cache(maxsize=8)
+def _onnx_input_hw(path: str, size: int, mtime_ns: int, input_name: str) -> tuple[int | None, int | None] | None:
+    """The fixed sides of ``input_name`` in the .onnx at ``path``. Cached on the file's size and time: a command
+    asks several times (its images, then the accuracy guard's), and parsing a 290 MB graph takes about a second."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    for graph_input in model.graph.input:
+        if graph_input.name == input_name:
+            dims = graph_input.type.tensor_type.shape.dim
+            if len(dims) >= 3:
+                hw = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims[-2:])
+                return None if hw == (None, None) else hw  # type: ignore[return-value]
     return None
 
 

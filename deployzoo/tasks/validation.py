@@ -46,6 +46,10 @@ class CheckedSplit:
     def ids(self) -> list[str]:
         return list(self.annotations)
 
+    def sizes_by_path(self) -> dict[str, tuple[int, int]]:
+        """``sizes`` keyed by each image's file path (for messages that name files)."""
+        return {str(self.dataset.image_path(i)): hw for i, hw in self.sizes.items()}
+
 
 def check_split(task: Any, root: str | Path, skip_bad: bool = False, limit: int | None = None) -> CheckedSplit:
     """Open ``root`` with ``task``, parse all its ground truth and check the image files of the first ``limit``
