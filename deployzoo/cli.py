@@ -283,6 +283,29 @@ def _checked_onnx(path: str | None, spec, command: str):
     return spec
 
 
+def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str | None, paths: list[str],
+                  skip_hint: bool = True) -> DeployzooError:
+    """``exc`` refused unreadable image files; when the engine takes one input size, the same message also names
+    the readable images it would refuse, so that one round shows every problem (else ``exc`` as it is).
+    ``skip_hint``: the command has --skip-bad."""
+    from deployzoo.data.checks import image_header_hw
+    from deployzoo.fixed_size import engine_input_hw, misfits, refusal
+
+    fixed = engine_input_hw(spec, backend, batch, onnx)
+    if fixed is None:
+        return exc
+    sizes = {}
+    for path in paths:
+        try:
+            sizes[str(path)] = tuple(image_header_hw(path))
+        except BadInputError:
+            continue
+    bad = misfits(spec, sizes, fixed, backend)
+    if not bad:
+        return exc
+    return DeployzooError(f"{exc}\nand besides, {refusal(spec, backend, fixed, bad, len(paths), skip_hint)}")
+
+
 def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: list[dict[str, str]]
                     ) -> tuple[list[str], list[dict[str, str]]]:
     """An engine of one input size (pytorch-aoti, a .onnx with fixed height and width) meets only images that
@@ -361,7 +384,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # Every input looked at before weights load (seconds, nothing written): each can have its own output
     # names, and each image file's header is readable.
     output_names(args.images)
-    images, skipped = check_image_files(args.images, skip_bad=args.skip_bad)
+    try:
+        images, skipped = check_image_files(args.images, skip_bad=args.skip_bad)
+    except DeployzooError as exc:
+        raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, args.images) from None
     images, skipped = _fit_fixed_size(spec, args, images, skipped)
     for s in skipped:
         print(f"warning: skipped {s['path']}: {s['problem']}", file=sys.stderr)
@@ -375,7 +401,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     records = predict_files(engine, images, score_threshold=args.score_thr, max_dets=args.max_dets, out_dir=out,
                             skipped=failed, runner=_ray_runner(args, engine, precision) if args.ray else None)
     path = write_predictions(out / "predictions.json", records)
-    _write_predict_info(out, spec, engine, args)
+    _write_predict_info(out, spec, engine, args, skipped + failed)
     done = len(images) - len(failed)
     if spec.task == "semantic-segmentation":
         print(f"{len(records)} label maps -> {path} and {out / 'label_maps'}/*.png")
@@ -398,14 +424,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_predict_info(out: Path, spec, engine, args: argparse.Namespace) -> None:
+def _write_predict_info(out: Path, spec, engine, args: argparse.Namespace, skipped: list[dict[str, str]]) -> None:
     """DIR/predict.json beside predictions.json (a list, the contract): what made it: the engine, the model's
-    test-time settings (deployzoo.test_settings) and predict's own filters on the model's output."""
+    test-time settings (deployzoo.test_settings), predict's own filters on the model's output, and the images
+    that gave no result (``images_skipped``: ``{"path", "problem"}`` each, as eval's metrics.json lists them)."""
     from deployzoo.jsonio import write_json
     from deployzoo.test_settings import report_fields
 
     info = {"model": spec.name, "class_names": list(spec.class_names), "weights": engine.weights,
-            **report_fields(spec), "filters": {"score_thr": args.score_thr, "max_dets": args.max_dets}}
+            **report_fields(spec), "filters": {"score_thr": args.score_thr, "max_dets": args.max_dets},
+            "images_skipped": [{"path": s["path"], "problem": s["problem"]} for s in skipped]}
     if hasattr(engine.backend, "describe"):  # test doubles may lack it
         info["engine"] = engine.describe()
     write_json(out / "predict.json", info)
@@ -723,7 +751,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from deployzoo.data.inputs import check_image_files, output_names
 
         output_names(args.images)
-        check_image_files(args.images, offers_skip_bad=False)
+        try:
+            check_image_files(args.images, offers_skip_bad=False)
+        except DeployzooError as exc:
+            raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, args.images, skip_hint=False) from None
     items = _compare_items(spec, args, out, checked)
     from deployzoo.fixed_size import header_sizes, refuse_misfits
 

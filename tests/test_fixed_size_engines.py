@@ -250,6 +250,59 @@ def test_eval_and_bench_e2e_name_images_of_another_size_before_building(tmp_path
     assert "pytorch-aoti" not in built
 
 
+def test_bad_files_and_images_of_another_size_are_named_in_one_error(tmp_path, monkeypatch, capsys):
+    from deployzoo import engine as engine_module, pipeline
+    from deployzoo.cli import main
+
+    built = []
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: built.append(True))
+    monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: built.append(True))
+    land = _image(tmp_path / "land.png", 480, 640)
+    portrait = _image(tmp_path / "portrait.png", 640, 480)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert main(_predict_args(tmp_path, [land, str(broken), portrait])) == 2
+    message = capsys.readouterr().err
+    assert str(broken) in message and "and besides, 1 of the 3 images do not fit" in message
+    assert f"{portrait}: an image of 640x480" in message and "--skip-bad leaves them out" in message
+    assert main(["compare", "mmdet-fsaf-r50-fpn-1x", "--backend", "pytorch-aoti", "--out", str(tmp_path / "cmp"),
+                 "--images", land, str(broken), portrait]) == 2
+    message = capsys.readouterr().err
+    assert str(broken) in message and f"{portrait}: an image of 640x480" in message and "--skip-bad" not in message
+    assert not built
+    # an engine that takes every size: the bad file alone, as before
+    assert main(["predict", "mmdet-fsaf-r50-fpn-1x", "--out", str(tmp_path / "out"), "--no-draw", land,
+                 str(broken), portrait]) == 2
+    message = capsys.readouterr().err
+    assert str(broken) in message and "besides" not in message and not built
+
+
+def test_predict_json_lists_the_images_left_out(tmp_path, monkeypatch):
+    import json
+
+    from deployzoo import pipeline
+    from deployzoo.cli import main
+
+    land = _image(tmp_path / "land.png", 480, 640)
+    portrait = _image(tmp_path / "portrait.png", 640, 480)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: Engine(get_spec("mmdet-fsaf-r50-fpn-1x"),
+                                                                       _FixedSize({}), None, None, "stand-in"))
+
+    def predict_files(engine, images, skipped, **kwargs):
+        assert list(images) == [land]
+        skipped.append({"path": land, "problem": "outputs not finite"})  # as the runner reports one
+        return []
+
+    monkeypatch.setattr(pipeline, "predict_files", predict_files)
+    assert main(_predict_args(tmp_path, [portrait, str(broken), land], "--skip-bad")) == 0
+    info = json.loads((tmp_path / "out" / "predict.json").read_text())
+    listed = {s["path"]: s["problem"] for s in info["images_skipped"]}
+    assert list(listed) == [str(broken), portrait, land]
+    assert "becomes network input 1088x800" in listed[portrait] and listed[land] == "outputs not finite"
+
+
 def test_compare_names_images_of_another_size_before_loading(tmp_path, monkeypatch, capsys):
     from deployzoo import engine as engine_module
     from deployzoo.cli import main
