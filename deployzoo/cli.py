@@ -283,27 +283,43 @@ def _checked_onnx(path: str | None, spec, command: str):
     return spec
 
 
-def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str | None, paths: list[str],
+def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str | None, sizes,
                   skip_hint: bool = True) -> DeployzooError:
-    """``exc`` refused unreadable image files; when the engine takes one input size, the same message also names
-    the readable images it would refuse, so that one round shows every problem (else ``exc`` as it is).
-    ``skip_hint``: the command has --skip-bad."""
-    from deployzoo.data.checks import image_header_hw
+    """``exc`` refused bad input (unreadable image files, a dataset's bad entries); when the engine takes one input
+    size, the same message also names the readable images it would refuse, so that one round shows every
+    problem (else ``exc`` as it is). ``sizes``: a callable giving the readable images' {path: (H, W)} from their
+    headers and the number of images asked for, called only for a fixed-size engine. ``skip_hint``: the command
+    has --skip-bad."""
     from deployzoo.fixed_size import engine_input_hw, misfits, refusal
 
-    fixed = engine_input_hw(spec, backend, batch, onnx)
-    if fixed is None:
+    try:
+        fixed = engine_input_hw(spec, backend, batch, onnx)
+        if fixed is None:
+            return exc
+        readable, total = sizes()
+        bad = misfits(spec, readable, fixed, backend)
+    except Exception:  # noqa: BLE001  a .onnx or dataset that later checks refuse: exc, the first problem, stands
         return exc
-    sizes = {}
-    for path in paths:
-        try:
-            sizes[str(path)] = tuple(image_header_hw(path))
-        except BadInputError:
-            continue
-    bad = misfits(spec, sizes, fixed, backend)
     if not bad:
         return exc
-    return DeployzooError(f"{exc}\nand besides, {refusal(spec, backend, fixed, bad, len(paths), skip_hint)}")
+    return DeployzooError(f"{exc}\nand besides, {refusal(spec, backend, fixed, bad, total, skip_hint)}")
+
+
+def _readable_sizes(paths: list[str]):
+    """A callable for ``_with_misfits``: the (H, W) of those of ``paths`` whose header reads, by path, and how
+    many paths there are."""
+    def sizes() -> tuple[dict[str, tuple[int, int]], int]:
+        from deployzoo.data.checks import image_header_hw
+
+        out = {}
+        for path in paths:
+            try:
+                out[str(path)] = tuple(image_header_hw(path))
+            except BadInputError:
+                continue
+        return out, len(paths)
+
+    return sizes
 
 
 def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: list[dict[str, str]]
@@ -325,6 +341,16 @@ def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: 
         raise DeployzooError(refusal(spec, args.backend, fixed, bad, len(images)))
     left = {b["path"] for b in bad}
     return [p for p in images if p not in left], skipped + [{"path": b["path"], "problem": b["problem"]} for b in bad]
+
+
+def _split_sizes(spec, data: str, limit: int | None):
+    """A callable for ``_with_misfits``: the sizes of a dataset's images that pass its checks, from a second look
+    that leaves the bad ones out (annotations and headers only), and how many images were to run."""
+    def sizes() -> tuple[dict[str, tuple[int, int]], int]:
+        kept = spec.evaluation.validate(data, skip_bad=True, limit=limit)
+        return kept.sizes_by_path(), len(kept.sizes) + len(kept.skipped)
+
+    return sizes
 
 
 def _check_data(spec, data, skip_bad: bool = False, limit: int | None = None):
@@ -387,7 +413,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         images, skipped = check_image_files(args.images, skip_bad=args.skip_bad)
     except DeployzooError as exc:
-        raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, args.images) from None
+        raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, _readable_sizes(args.images)) from None
     images, skipped = _fit_fixed_size(spec, args, images, skipped)
     for s in skipped:
         print(f"warning: skipped {s['path']}: {s['problem']}", file=sys.stderr)
@@ -452,7 +478,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from deployzoo.eval.coco_eval import check_evaluator
 
     check_evaluator(args.coco_evaluator)  # installed, before any weights load
-    checked = _check_data(spec, args.data, skip_bad=args.skip_bad, limit=args.limit)
+    try:
+        checked = _check_data(spec, args.data, skip_bad=args.skip_bad, limit=args.limit)
+    except DeployzooError as exc:
+        if args.skip_bad or args.dumps:
+            raise
+        raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, _split_sizes(spec, args.data, args.limit)
+                            ) from None
     runner = None  # the local pipeline, unless --ray
     if args.dumps and args.ray is not None:
         raise DeployzooError("--dumps evaluates outputs already computed, --ray computes them on a cluster: drop one")
@@ -754,7 +786,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         try:
             check_image_files(args.images, offers_skip_bad=False)
         except DeployzooError as exc:
-            raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, args.images, skip_hint=False) from None
+            raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, _readable_sizes(args.images),
+                                skip_hint=False) from None
     items = _compare_items(spec, args, out, checked)
     from deployzoo.fixed_size import header_sizes, refuse_misfits
 

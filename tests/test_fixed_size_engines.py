@@ -275,6 +275,19 @@ def test_bad_files_and_images_of_another_size_are_named_in_one_error(tmp_path, m
                  str(broken), portrait]) == 2
     message = capsys.readouterr().err
     assert str(broken) in message and "besides" not in message and not built
+    # eval: a dataset with one unreadable image and others of a size the engine does not take
+    from deployzoo.data.synthetic_coco import make_synthetic_coco
+    from deployzoo.data.coco import COCODetection
+
+    root = make_synthetic_coco(tmp_path / "coco", num_images=3)
+    dataset = COCODetection(root)
+    first = dataset.image_path(dataset.ids[0])
+    first.write_bytes(b"not an image")
+    assert main(["eval", "mmdet-fsaf-r50-fpn-1x", "--data", str(root), "--backend", "pytorch-aoti",
+                 "--out", str(tmp_path / "eval")]) == 2
+    message = capsys.readouterr().err
+    assert str(first) in message and "and besides, 2 of the 3 images do not fit" in message and not built
+    assert str(dataset.image_path(dataset.ids[1])) in message and "--skip-bad" in message
 
 
 def test_predict_json_lists_the_images_left_out(tmp_path, monkeypatch):
