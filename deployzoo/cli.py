@@ -302,7 +302,9 @@ def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str
         return exc
     if not bad:
         return exc
-    return DeployzooError(f"{exc}\nand besides, {refusal(spec, backend, fixed, bad, total, skip_hint)}")
+    # --skip-bad helps only where some readable image fits: else it would refuse again, for these
+    hint = skip_hint and len(bad) < len(readable)
+    return DeployzooError(f"{exc}\nand besides, {refusal(spec, backend, fixed, bad, total, hint)}")
 
 
 def _readable_sizes(paths: list[str]):
@@ -320,6 +322,30 @@ def _readable_sizes(paths: list[str]):
         return out, len(paths)
 
     return sizes
+
+
+def _refuse_unresizable(spec, images: list[str], skipped: list[dict[str, str]], skip_bad: bool | None
+                        ) -> tuple[list[str], list[dict[str, str]]]:
+    """Images whose size the model's resize makes 0 pixels on a side (an extreme aspect ratio) are named before
+    anything is built, or with ``skip_bad`` left out (refused when nothing is left). ``skip_bad`` None: the
+    command has no --skip-bad."""
+    from deployzoo.fixed_size import header_sizes, unresizable
+
+    bad = unresizable(spec, header_sizes(images))
+    if not bad:
+        return images, skipped
+    if not skip_bad or len(bad) == len(images):
+        # --skip-bad is offered where it helps: some image is left, and the command has it (skip_bad is None: not)
+        offer = skip_bad is not None and len(bad) < len(images)
+        if len(bad) == 1:
+            raise BadInputError(bad[0]["path"], bad[0]["problem"] + "; nothing was built or run" +
+                                (" (--skip-bad leaves it out)" if offer else ""))
+        listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
+        extra = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DeployzooError(f"{len(bad)} of the {len(images)} images cannot be resized for this model (nothing was "
+                             f"built or run{'; --skip-bad leaves them out' if offer else ''}): {listed}{extra}")
+    left = {b["path"] for b in bad}
+    return [p for p in images if p not in left], skipped + bad
 
 
 def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: list[dict[str, str]]
@@ -414,6 +440,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         images, skipped = check_image_files(args.images, skip_bad=args.skip_bad)
     except DeployzooError as exc:
         raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, _readable_sizes(args.images)) from None
+    images, skipped = _refuse_unresizable(spec, images, skipped, args.skip_bad)
     images, skipped = _fit_fixed_size(spec, args, images, skipped)
     for s in skipped:
         print(f"warning: skipped {s['path']}: {s['problem']}", file=sys.stderr)
@@ -790,6 +817,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                 skip_hint=False) from None
     items = _compare_items(spec, args, out, checked)
     from deployzoo.fixed_size import header_sizes, refuse_misfits
+
+    _refuse_unresizable(spec, [item.path for item in items], [], None)
 
     refuse_misfits(spec, args.backend, header_sizes([item.path for item in items]), args.batch, args.onnx)
     loaded = load_model(spec, args.checkpoint)

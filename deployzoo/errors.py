@@ -25,5 +25,15 @@ class InputShapeError(BadInputError):
     size, given an image of another size): the runner refuses or skips the images concerned, one by one."""
 
 
+class ImageSizeError(DeployzooError):
+    """An image whose size the model's resize turns into a side of 0 pixels (an extreme aspect ratio, such as
+    1 x 5000): the original frameworks' resize fails on it too. ``problem`` says which size and why; callers
+    name the file."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+        super().__init__(problem)
+
+
 class CheckpointError(DeployzooError):
     """A checkpoint cannot be read, or does not fit the model it is loaded into."""

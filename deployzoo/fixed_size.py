@@ -114,14 +114,42 @@ def misfits(spec: ModelSpec, image_sizes: Mapping[str, tuple[int, int]], fixed_h
     """``{"path", "problem", "network_hw"}`` of every image (key: its path or id) whose network input does not
     match ``fixed_hw`` (a None side matches any), in the mapping's order. ``image_sizes``: each image's decoded
     (H, W), from its header."""
+    from deployzoo.errors import ImageSizeError
+
     memo: dict = {}
     out = []
     for name, size in image_sizes.items():
-        got = network_input_hw(spec, size, memo)
+        try:
+            got = network_input_hw(spec, size, memo)
+        except ImageSizeError:  # no size at all: ``unresizable`` names such images
+            continue
         if any(f is not None and int(f) != g for f, g in zip(fixed_hw, got)):
             out.append({"path": str(name), "network_hw": got,
                         "problem": f"an image of {size[0]}x{size[1]} (H x W) becomes network input {got[0]}x{got[1]}, "
                                    f"not {backend}'s {_shown(fixed_hw)}"})
+    return out
+
+
+# Below this aspect ratio (long side / short side) no zoo model's resize gets near a 0-pixel side: that takes a
+# long side over 2 x the resize's long-side limit times the short side (R-CNN 1333, PSPNet 2048).
+EXTREME_ASPECT = 8
+
+
+def unresizable(spec: ModelSpec, image_sizes: Mapping[str, tuple[int, int]]) -> list[dict[str, str]]:
+    """``{"path", "problem"}`` of every image (key: its path) that the model's own resize would make 0 pixels on
+    a side (deployzoo.errors.ImageSizeError), from the header sizes, in the mapping's order. Only sizes with an
+    extreme aspect ratio are tried (one blank image each), so a dataset of ordinary photos costs nothing."""
+    from deployzoo.errors import ImageSizeError
+
+    memo: dict = {}
+    out = []
+    for name, (h, w) in image_sizes.items():
+        if max(h, w) < EXTREME_ASPECT * max(min(h, w), 1):
+            continue
+        try:
+            network_input_hw(spec, (h, w), memo)
+        except ImageSizeError as exc:
+            out.append({"path": str(name), "problem": exc.problem})
     return out
 
 
@@ -143,8 +171,8 @@ def refusal(spec: ModelSpec, backend: str, fixed_hw: Sequence[int | None], bad: 
     to do about it."""
     listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
     more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-    skip = "; --skip-bad leaves them out" if skip_hint and len(bad) < total else ""
-    count = f"{len(bad)} of the {total} images do" if total > 1 else "the image does"
+    skip = f"; --skip-bad leaves {'it' if len(bad) == 1 else 'them'} out" if skip_hint and len(bad) < total else ""
+    count = f"{len(bad)} of the {total} images {'does' if len(bad) == 1 else 'do'}" if total > 1 else "the image does"
     return (f"{count} not fit the engine's input size{hint(spec, backend, fixed_hw, needed_hw(bad))}, so nothing "
             f"was built or run{skip}: {listed}{more}")
 

@@ -61,9 +61,11 @@ def to_plain(obj: Any, null_values: dict[str, str] | None = None, path: str = ""
     return to_plain(_default(obj), null_values, path)
 
 
-def dumps(obj: Any, indent: int | None = 2, reasons: Mapping[str, str] | None = None) -> str:
+def dumps(obj: Any, indent: int | None = 2, reasons: Mapping[str, str] | None = None, ensure_ascii: bool = False
+          ) -> str:
     """Strict JSON text of ``obj`` (see the module docstring). ``reasons``: dotted path -> why that value is
-    undefined, used when it is non-finite (default: what kind of value it was).
+    undefined, used when it is non-finite (default: what kind of value it was). ``ensure_ascii``: every
+    non-ASCII character as a ``\\uXXXX`` escape.
 
     A top-level list cannot carry the record: a non-finite value in one is our bug and raises ValueError.
     """
@@ -74,12 +76,24 @@ def dumps(obj: Any, indent: int | None = 2, reasons: Mapping[str, str] | None = 
             raise ValueError(f"non-finite values in a JSON list at {', '.join(sorted(null_values))}")
         reasons = reasons or {}
         plain[NULL_VALUES_KEY] = {p: f"{kind}: {reasons.get(p, _KIND_REASON[kind])}" for p, kind in null_values.items()}
-    return json.dumps(plain, indent=indent, ensure_ascii=False, allow_nan=False)
+    return json.dumps(plain, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+
+
+def encoded(obj: Any, indent: int | None = 2, reasons: Mapping[str, str] | None = None) -> bytes:
+    """``dumps`` as UTF-8 bytes with a final newline, ready to write."""
+    try:
+        return (dumps(obj, indent, reasons) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that is not valid UTF-8 reaches Python as lone surrogates (PEP 383), which UTF-8 cannot
+        # hold: the whole text is then ASCII with escapes, as ``json.dumps`` writes by default
+        # (predictions.json), so the name survives as ``\\udcXX`` instead of the write failing.
+        return (dumps(obj, indent, reasons, ensure_ascii=True) + "\n").encode("ascii")
 
 
 def write_json(path: str | Path, obj: Any, reasons: Mapping[str, str] | None = None) -> Path:
     """Write ``obj`` as strict, pretty JSON (parent folders created); returns the path."""
     path = Path(path)
+    data = encoded(obj, reasons=reasons)  # before the file is opened: a failure leaves no empty file
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(obj, reasons=reasons) + "\n", encoding="utf-8")
+    path.write_bytes(data)
     return path

@@ -49,14 +49,14 @@ class ResultStore:
                 "pass --resume to continue it, or choose another output directory"
             )
         if existing and fingerprint_file.is_file():
-            previous = json.loads(fingerprint_file.read_text())
+            previous = json.loads(fingerprint_file.read_bytes())
             if previous != json.loads(jsonio.dumps(fingerprint)):
                 diff = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
                 raise DeployzooError(
                     f"{self.directory}: cannot resume, the earlier run used different settings ({', '.join(diff)})"
                 )
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        fingerprint_file.write_text(jsonio.dumps(fingerprint, indent=1))
+        fingerprint_file.write_bytes(jsonio.encoded(fingerprint, indent=1))
         self._next = len(existing)
 
     def load(self) -> tuple[dict[str, Result], list[dict[str, str]]]:

@@ -20,6 +20,17 @@ class ImageMeta:
     resized_hw: tuple[int, int]
 
 
+def _check_resized(orig_hw: tuple[int, ...], size_hw: tuple[int, int]) -> None:
+    """Raise ImageSizeError when the resize target has a side below 1 pixel (cv2 and PIL would fail with their
+    own, unnamed errors)."""
+    if min(size_hw) < 1:
+        from deployzoo.errors import ImageSizeError
+
+        raise ImageSizeError(f"an image of {orig_hw[0]}x{orig_hw[1]} (H x W) resizes to {size_hw[0]}x{size_hw[1]}: "
+                             "a side of 0 pixels, from its extreme aspect ratio (the model's keep-ratio resize; "
+                             "the original framework fails on it too)")
+
+
 def warp_resize_mean_rgb(
     bgr: np.ndarray, size: tuple[int, int], mean_bgr: tuple[float, float, float]
 ) -> tuple[np.ndarray, ImageMeta]:
@@ -29,6 +40,7 @@ def warp_resize_mean_rgb(
     if bgr.ndim != 3 or bgr.shape[2] != 3:
         raise ValueError(f"expected a BGR image [H, W, 3], got shape {bgr.shape}")
     h, w = size
+    _check_resized(bgr.shape, (h, w))
     resized = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     resized -= np.asarray(mean_bgr, dtype=np.float32)
     chw = np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1))
@@ -62,6 +74,7 @@ def resize_normalize_rgb(
     if bgr.ndim != 3 or bgr.shape[2] != 3:
         raise ValueError(f"expected a BGR image [H, W, 3], got shape {bgr.shape}")
     h, w = size_hw
+    _check_resized(bgr.shape, (h, w))
     resized = bgr if (h, w) == bgr.shape[:2] else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR)
     rgb = resized[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
     mean = np.asarray(mean_rgb, dtype=np.float32).reshape(3, 1, 1)
@@ -152,6 +165,7 @@ def pil_resize(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
     h, w = size_hw
+    _check_resized(image.shape, (h, w))
     resized = Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(resized)
 

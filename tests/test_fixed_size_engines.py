@@ -246,7 +246,7 @@ def test_eval_and_bench_e2e_name_images_of_another_size_before_building(tmp_path
     monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: built.append(a[1]) or (_ for _ in ()).throw(_Built()))
     runs = open_runs(spec, ["pytorch-aoti"], ["fp32"], loaded=None, work_dir=tmp_path, items=items)
     aoti = [r for r in runs if r.backend == "pytorch-aoti"][0]
-    assert aoti.status == "failed" and "1 of the 2 images do not fit" in aoti.error and "portrait.png" in aoti.error
+    assert aoti.status == "failed" and "1 of the 2 images does not fit" in aoti.error and "portrait.png" in aoti.error
     assert "pytorch-aoti" not in built
 
 
@@ -263,8 +263,12 @@ def test_bad_files_and_images_of_another_size_are_named_in_one_error(tmp_path, m
     broken.write_bytes(b"not an image")
     assert main(_predict_args(tmp_path, [land, str(broken), portrait])) == 2
     message = capsys.readouterr().err
-    assert str(broken) in message and "and besides, 1 of the 3 images do not fit" in message
-    assert f"{portrait}: an image of 640x480" in message and "--skip-bad leaves them out" in message
+    assert str(broken) in message and "and besides, 1 of the 3 images does not fit" in message
+    assert f"{portrait}: an image of 640x480" in message and "--skip-bad leaves it out" in message
+    # every readable image misfits: --skip-bad would only refuse again, so it is not offered for them
+    assert main(_predict_args(tmp_path, [str(broken), portrait])) == 2
+    besides = capsys.readouterr().err.split("and besides, ")[1]
+    assert besides.startswith("1 of the 2 images does not fit") and "--skip-bad" not in besides
     assert main(["compare", "mmdet-fsaf-r50-fpn-1x", "--backend", "pytorch-aoti", "--out", str(tmp_path / "cmp"),
                  "--images", land, str(broken), portrait]) == 2
     message = capsys.readouterr().err
@@ -287,7 +291,8 @@ def test_bad_files_and_images_of_another_size_are_named_in_one_error(tmp_path, m
                  "--out", str(tmp_path / "eval")]) == 2
     message = capsys.readouterr().err
     assert str(first) in message and "and besides, 2 of the 3 images do not fit" in message and not built
-    assert str(dataset.image_path(dataset.ids[1])) in message and "--skip-bad" in message
+    # no image of the set fits: --skip-bad would refuse again, so the second part does not offer it
+    assert str(dataset.image_path(dataset.ids[1])) in message and "--skip-bad" not in message.split("besides")[1]
 
 
 def test_predict_json_lists_the_images_left_out(tmp_path, monkeypatch):
@@ -326,7 +331,7 @@ def test_compare_names_images_of_another_size_before_loading(tmp_path, monkeypat
     assert main(["compare", "d2-cascade-mask-rcnn-r50-fpn-3x", "--backend", "pytorch-aoti", "--out",
                  str(tmp_path / "cmp"), "--images", land, portrait]) == 2
     message = capsys.readouterr().err
-    assert "1 of the 2 images do not fit" in message and portrait in message and "d2-cascade-mask-rcnn-r50-fpn-3x@HxW" in message
+    assert "1 of the 2 images does not fit" in message and portrait in message and "d2-cascade-mask-rcnn-r50-fpn-3x@HxW" in message
     with pytest.raises(_Built):  # the images that fit go on to the model
         main(["compare", "d2-cascade-mask-rcnn-r50-fpn-3x", "--backend", "pytorch-aoti", "--out",
               str(tmp_path / "cmp"), "--images", land])

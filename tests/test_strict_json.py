@@ -112,3 +112,17 @@ def test_every_json_a_command_writes_is_strict(tmp_path, refinedet_onnx):
         assert name in written
     for name in written:
         strict_load(out / name)
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped(tmp_path):
+    import json
+    import os
+
+    from deployzoo.jsonio import write_json
+
+    name = os.fsdecode(b"bad\xff.png")  # how Python hands over an undecodable file name (lone surrogate)
+    path = write_json(tmp_path / "info.json", {"images_skipped": [{"path": name, "problem": "empty"}], "note": "é"})
+    assert json.loads(path.read_text(encoding="ascii")) == {"images_skipped": [{"path": name, "problem": "empty"}],
+                                                            "note": "é"}
+    # valid names stay as they are (UTF-8, not escaped)
+    assert "é" in write_json(tmp_path / "plain.json", {"note": "é"}).read_text(encoding="utf-8")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from deployzoo.data.images import read_image_bgr
-from deployzoo.errors import BadInputError
+from deployzoo.errors import BadInputError, ImageSizeError
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,10 @@ def prepare(item: ImageItem, preprocess: Callable[[np.ndarray], tuple[np.ndarray
     except BadInputError as exc:
         return BadImage(item.image_id, item.path, exc.problem)
     t1 = time.perf_counter()
-    array, meta = preprocess(bgr)
+    try:
+        array, meta = preprocess(bgr)
+    except ImageSizeError as exc:  # a size the model's resize cannot take (a side would be 0 pixels)
+        return BadImage(item.image_id, item.path, exc.problem)
     return PreparedImage(item.image_id, item.path, array, meta, t1 - t0, time.perf_counter() - t1)
 
 
