@@ -258,15 +258,17 @@ def _print_weights(loaded, verbose: bool) -> None:
         print(loaded.mapping_report.format(verbose=verbose))
 
 
-def _checked_onnx(path: str | None, spec, command: str):
+def _checked_onnx(path: str | None, spec, command: str, backend: str | None = None):
     """Check a user's .onnx before any work (one error line naming the file) and say what matters about it.
     ``spec``: the model the user named, or None (``bench FILE.onnx``: the file's metadata names it).
-    Returns the spec to run it as (``spec`` itself when given)."""
+    ``backend``: the command's --backend; a PyTorch one would run the checkpoint and never read the file, so
+    it is refused. Returns the spec to run it as (``spec`` itself when given)."""
     from deployzoo.export.onnx_export import check_onnx_for_model, inspect_onnx_file
     from deployzoo.registry import get_spec
 
     if path is None:
         return spec
+    _refuse_onnx_backend(path, backend)
     info = inspect_onnx_file(path)
     name = check_onnx_for_model(info, spec, command)
     if spec is None:
@@ -281,6 +283,15 @@ def _checked_onnx(path: str | None, spec, command: str):
         print(f"note: {path} was exported from stand-in weights, not a checkpoint: its outputs and accuracy are "
               f"NOT those of the trained model")
     return spec
+
+
+def _refuse_onnx_backend(path: str | None, backend: str | None) -> None:
+    """--onnx with a PyTorch backend: that backend runs the checkpoint and would never read the file."""
+    from deployzoo.backends import ONNX_BACKENDS
+
+    if path is not None and backend is not None and backend not in ONNX_BACKENDS:
+        raise DeployzooError(f"--onnx {path} is run by --backend {' or '.join(ONNX_BACKENDS)}; --backend {backend} "
+                             "runs the model from --checkpoint and would never read the file: drop one of them")
 
 
 def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str | None, sizes,
@@ -431,7 +442,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
-    _checked_onnx(args.onnx, spec, "predict")
+    _checked_onnx(args.onnx, spec, "predict", args.backend)
     _guard_can_open(args.onnx, args.precision)
     # Every input looked at before weights load (seconds, nothing written): each can have its own output
     # names, and each image file's header is readable.
@@ -500,6 +511,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.protocol = choose_protocol(get_spec(args.model).evaluation, args.protocol)  # refused before any file is read
     if not args.dumps:
         refuse_precision(args.backend, args.precision, args.auto_precisions)
+        _refuse_onnx_backend(args.onnx, args.backend)
     spec = _spec(args)
     out = Path(args.out or f"runs/eval-{spec.name}-{args.backend}-{args.precision}")
     from deployzoo.eval.coco_eval import check_evaluator
@@ -521,7 +533,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fingerprint = {"model": spec.name, "engine": "dumps", "dumps": str(Path(args.dumps).resolve())}
         describe = {"backend": "vendor dumps", "directory": args.dumps}
     else:
-        _checked_onnx(args.onnx, spec, "eval")
+        _checked_onnx(args.onnx, spec, "eval", args.backend)
         _guard_can_open(args.onnx, args.precision)
         from deployzoo.fixed_size import refuse_misfits
 
@@ -802,7 +814,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
-    _checked_onnx(args.onnx, spec, "compare")
+    _checked_onnx(args.onnx, spec, "compare", args.backend)
     _guard_can_open(args.onnx, args.precision)
     out = Path(args.out or f"runs/compare-{spec.name}-{args.backend}-{args.precision}")
     checked = _check_data(spec, args.data, limit=args.num_images) if args.data and not args.images else None

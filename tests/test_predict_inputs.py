@@ -7,6 +7,7 @@ the other images' predictions are still written (finished work is never lost) be
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -42,6 +43,9 @@ def _bad_files(folder: Path) -> dict[str, Path]:
     files["foreign"].write_text("these are not pixels\n")
     files["truncated"].write_bytes(good_jpeg[: len(good_jpeg) // 2])
     files["directory"].mkdir()
+    if hasattr(os, "mkfifo"):  # a named pipe: reading it would block until a writer comes
+        files["pipe"] = folder / "pipe.jpg"
+        os.mkfifo(files["pipe"])
     return files
 
 
@@ -154,3 +158,17 @@ def test_an_image_that_fails_only_when_decoded_keeps_the_other_predictions(tmp_p
     assert f"the predictions of the other 2 are in {out / 'predictions.json'}" in err
     records = json.loads((out / "predictions.json").read_text())  # finished work is kept
     assert [r["path"] for r in records] == [str(first)] * 2 + [str(last)] * 2
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "pytorch-compile", "pytorch-aoti"])
+def test_onnx_with_a_pytorch_backend_is_refused_not_ignored(tmp_path, capsys, backend):
+    onnx = tmp_path / "mine.onnx"
+    onnx.write_bytes(b"not read")
+    image = str(_image(tmp_path / "a.png"))
+    for argv in (["predict", REFINEDET, "--out", str(tmp_path / "o"), image],
+                 ["eval", REFINEDET, "--data", str(tmp_path), "--out", str(tmp_path / "e")],
+                 ["compare", REFINEDET, "--out", str(tmp_path / "c"), "--images", image]):
+        assert main([*argv, "--onnx", str(onnx), "--backend", backend]) == 2
+        err = capsys.readouterr().err
+        assert f"--onnx {onnx} is run by --backend onnxruntime or openvino" in err and f"--backend {backend}" in err
+    assert not (tmp_path / "o").exists()

@@ -35,6 +35,8 @@ def _read_bytes(path: Path) -> np.ndarray:
         raise BadInputError(path, "image file not found")
     if path.is_dir():
         raise BadInputError(path, "expected an image file, found a directory")
+    if not path.is_file():  # a named pipe, socket or device: reading it could block forever
+        raise BadInputError(path, "not a regular file (a named pipe, socket or device); give an image file")
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
