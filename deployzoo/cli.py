@@ -831,7 +831,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from deployzoo.fixed_size import header_sizes, refuse_misfits
 
     _refuse_unresizable(spec, [item.path for item in items], [], None)
-
     refuse_misfits(spec, args.backend, header_sizes([item.path for item in items]), args.batch, args.onnx)
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
