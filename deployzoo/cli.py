@@ -772,6 +772,7 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     precisions = _checked_names(args.precisions, "--precisions", list(PRECISIONS))
     if args.images:
         check_image_files(args.images, offers_skip_bad=False)  # every file, before any model or engine is built
+        _refuse_unresizable(spec, list(args.images), [], None)
         items = items_from_paths(args.images)
         note = f"{len(items)} image file(s) given on the command line"
     else:

@@ -65,6 +65,9 @@ def test_predict_and_compare_refuse_before_building(tmp_path, monkeypatch, capsy
                  strip]) == 2
     message = capsys.readouterr().err
     assert strip in message and "resizes to 0x1333" in message and "--skip-bad" not in message
+    assert main(["bench", "mmdet-fsaf-r50-fpn-1x", "--e2e", "--backends", "onnxruntime", "--images", ok, strip,
+                 "--out", str(tmp_path / "e2e")]) == 2
+    assert f"{strip}: an image of 1x5000" in capsys.readouterr().err
 
 
 def test_predict_skip_bad_leaves_it_out_and_lists_it(tmp_path, monkeypatch):
