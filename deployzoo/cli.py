@@ -296,26 +296,39 @@ def _refuse_onnx_backend(path: str | None, backend: str | None) -> None:
 
 def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str | None, sizes,
                   skip_hint: bool = True) -> DeployzooError:
-    """``exc`` refused bad input (unreadable image files, a dataset's bad entries); when the engine takes one input
-    size, the same message also names the readable images it would refuse, so that one round shows every
-    problem (else ``exc`` as it is). ``sizes``: a callable giving the readable images' {path: (H, W)} from their
-    headers and the number of images asked for, called only for a fixed-size engine. ``skip_hint``: the command
-    has --skip-bad."""
-    from deployzoo.fixed_size import engine_input_hw, misfits, refusal
+    """``exc`` refused bad input (unreadable image files, a dataset's bad entries); the same message also names
+    the readable images the model cannot resize (an extreme aspect ratio) and, when the engine takes one input
+    size, those it would refuse, so that one round shows every problem (else ``exc`` as it is). ``sizes``: a
+    callable giving the readable images' {path: (H, W)} from their headers and the number of images asked for.
+    ``skip_hint``: the command has --skip-bad."""
+    from deployzoo.fixed_size import engine_input_hw, misfits, refusal, unresizable
 
     try:
-        fixed = engine_input_hw(spec, backend, batch, onnx)
-        if fixed is None:
-            return exc
         readable, total = sizes()
-        bad = misfits(spec, readable, fixed, backend)
+        unusable = unresizable(spec, readable)
+        fixed = engine_input_hw(spec, backend, batch, onnx)
+        bad = misfits(spec, readable, fixed, backend) if fixed is not None else []  # skips the unresizable
     except Exception:  # noqa: BLE001  a .onnx or dataset that later checks refuse: exc, the first problem, stands
         return exc
-    if not bad:
+    parts = []
+    if unusable:
+        parts.append(_unresizable_text(unusable, total, offer=False))
+    if bad:
+        # --skip-bad helps only where some readable image is left: else it would refuse again, for these
+        hint = skip_hint and len(bad) + len(unusable) < len(readable)
+        parts.append(refusal(spec, backend, fixed, bad, total, hint))
+    if not parts:
         return exc
-    # --skip-bad helps only where some readable image fits: else it would refuse again, for these
-    hint = skip_hint and len(bad) < len(readable)
-    return DeployzooError(f"{exc}\nand besides, {refusal(spec, backend, fixed, bad, total, hint)}")
+    return DeployzooError(f"{exc}\nand besides, " + "\nand ".join(parts))
+
+
+def _unresizable_text(bad: list[dict[str, str]], total: int, offer: bool) -> str:
+    """The images (the first 10) that the model's resize makes 0 pixels on a side, as one sentence."""
+    listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
+    extra = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    count = f"{len(bad)} of the {total} images {'does' if len(bad) == 1 else 'do'}" if total > 1 else "the image does"
+    hint = f"; --skip-bad leaves {'it' if len(bad) == 1 else 'them'} out" if offer else ""
+    return f"{count} not survive the model's resize, so nothing was built or run{hint}: {listed}{extra}"
 
 
 def _readable_sizes(paths: list[str]):
@@ -351,10 +364,7 @@ def _refuse_unresizable(spec, images: list[str], skipped: list[dict[str, str]], 
         if len(bad) == 1:
             raise BadInputError(bad[0]["path"], bad[0]["problem"] + "; nothing was built or run" +
                                 (" (--skip-bad leaves it out)" if offer else ""))
-        listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
-        extra = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise DeployzooError(f"{len(bad)} of the {len(images)} images cannot be resized for this model (nothing was "
-                             f"built or run{'; --skip-bad leaves them out' if offer else ''}): {listed}{extra}")
+        raise DeployzooError(_unresizable_text(bad, len(images), offer))
     left = {b["path"] for b in bad}
     return [p for p in images if p not in left], skipped + bad
 
@@ -537,6 +547,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _guard_can_open(args.onnx, args.precision)
         from deployzoo.fixed_size import refuse_misfits
 
+        # Images the model cannot resize: named now; with --skip-bad skipped and listed at their turn.
+        _refuse_unresizable(spec, list(checked.sizes_by_path()), [], args.skip_bad)
         # With --skip-bad the run skips and lists each such image when its turn comes, unless none fits.
         refuse_misfits(spec, args.backend, checked.sizes_by_path(), args.batch, args.onnx, skip_hint=True,
                        skip_bad=args.skip_bad)

@@ -59,7 +59,8 @@ def parse_classes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
                               or Path(text).suffix.lower() in _LIST_SUFFIXES):
         # a path that is not a readable file: taken as one class name it would fail later, blaming the data
         raise BadInputError(text, "class list file not found" if not Path(text).exists()
-                            else "is a folder, not a class list file (one name per line)")
+                            else "is a folder, not a class list file (one name per line)" if Path(text).is_dir()
+                            else "not a regular file (a named pipe, socket or device), not a class list file")
     else:
         names, where = [n.strip() for n in text.split(",")], "--classes"
     if not names or any(not n for n in names):

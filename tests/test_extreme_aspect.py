@@ -91,3 +91,37 @@ def test_predict_skip_bad_leaves_it_out_and_lists_it(tmp_path, monkeypatch):
     assert main(["predict", "mmdet-fsaf-r50-fpn-1x", "--out", str(tmp_path / "out2"), "--no-draw", "--skip-bad",
                  strip]) == 2
 
+
+
+def test_named_with_unreadable_files_in_one_error_and_by_eval_before_building(tmp_path, monkeypatch, capsys):
+    from deployzoo import engine as engine_module, pipeline
+    from deployzoo.cli import main
+    from deployzoo.data.coco import COCODetection
+    from deployzoo.data.synthetic_coco import make_synthetic_coco
+
+    monkeypatch.setattr(pipeline, "open_engine", lambda *a, **k: (_ for _ in ()).throw(_Built()))
+    monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: (_ for _ in ()).throw(_Built()))
+    ok = _image(tmp_path / "ok.png", 480, 640)
+    strip = _image(tmp_path / "strip.png", 1, 5000)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    for backend in ("onnxruntime", "pytorch-aoti"):
+        assert main(["predict", "mmdet-fsaf-r50-fpn-1x", "--backend", backend, "--out", str(tmp_path / "o"),
+                     "--no-draw", str(broken), strip, ok]) == 2
+        message = capsys.readouterr().err
+        assert str(broken) in message and "and besides, 1 of the 3 images does not survive the model's resize" in message
+        assert f"{strip}: an image of 1x5000" in message
+    # eval: a dataset whose image (and annotation) is 1 x 5000 is named before the engine is built
+    root = make_synthetic_coco(tmp_path / "coco", num_images=3)
+    dataset = COCODetection(root)
+    path = dataset.image_path(dataset.ids[0])
+    _image(path, 1, 5000)
+    listing = root / "annotations" / "instances_val2017.json"
+    data = json.loads(listing.read_text())
+    entry = next(i for i in data["images"] if i["file_name"] == path.name)
+    entry["height"], entry["width"] = 1, 5000
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != entry["id"]]  # none fit in 1 pixel
+    listing.write_text(json.dumps(data))
+    assert main(["eval", "mmdet-fsaf-r50-fpn-1x", "--data", str(root), "--out", str(tmp_path / "e")]) == 2
+    message = capsys.readouterr().err
+    assert f"{path}: an image of 1x5000" in message and "(--skip-bad leaves it out)" in message

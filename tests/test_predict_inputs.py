@@ -172,3 +172,17 @@ def test_onnx_with_a_pytorch_backend_is_refused_not_ignored(tmp_path, capsys, ba
         err = capsys.readouterr().err
         assert f"--onnx {onnx} is run by --backend onnxruntime or openvino" in err and f"--backend {backend}" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_a_named_pipe_as_a_model_or_class_file_is_refused_not_read(tmp_path, capsys):
+    image = str(_image(tmp_path / "a.png"))
+    cases = {"--onnx": "pipe.onnx", "--checkpoint": "pipe.pth", "--classes": "pipe.txt"}
+    for option, name in cases.items():
+        os.mkfifo(tmp_path / name)
+        backend = ["--backend", "pytorch"] if option == "--checkpoint" else []
+        assert main(["predict", REFINEDET, image, option, str(tmp_path / name), *backend,
+                     "--out", str(tmp_path / "o")]) == 2
+        assert f"{tmp_path / name}: not a regular file" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "pipe.onnx"), "--out", str(tmp_path / "b")]) == 2
+    assert "not a regular file" in capsys.readouterr().err

@@ -126,3 +126,18 @@ def test_a_file_name_that_is_not_utf8_is_written_escaped(tmp_path):
                                                             "note": "é"}
     # valid names stay as they are (UTF-8, not escaped)
     assert "é" in write_json(tmp_path / "plain.json", {"note": "é"}).read_text(encoding="utf-8")
+
+
+def test_a_dataset_with_a_file_name_that_is_not_utf8_gets_a_digest_and_a_fingerprint(tmp_path):
+    import os
+
+    from deployzoo.data.identity import images_digest
+
+    name = tmp_path / os.fsdecode(b"img\xff.jpg")
+    name.write_bytes(b"12345")
+    first = images_digest([("1", str(name))])
+    assert first == images_digest([("1", str(name))]) and first != images_digest([("1", str(tmp_path / "img.jpg"))])
+    store = ResultStore(tmp_path / "run", {"images": [str(name)]})
+    assert json.loads((tmp_path / "run" / "run-fingerprint.json").read_bytes())["images"] == [str(name)]
+    ResultStore(tmp_path / "run", {"images": [str(name)]}, resume=True)  # the same fingerprint reads back equal
+    assert store is not None

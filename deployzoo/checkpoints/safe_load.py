@@ -104,6 +104,8 @@ def _read_head(path: Path, size: int = 64) -> bytes:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not path.is_file():  # a named pipe, socket or device: opening it could block forever
+        raise CheckpointError(f"{path}: not a regular file (a named pipe, socket or device), not a checkpoint file")
     try:
         with path.open("rb") as f:
             return f.read(size)

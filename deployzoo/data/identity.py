@@ -25,4 +25,5 @@ def images_digest(items: Iterable[tuple[str, str]]) -> str:
         except OSError:
             size = -1
         lines.append(f"{image_id}\t{os.path.basename(path)}\t{size}\n")
-    return hashlib.sha1("".join(lines).encode("utf-8")).hexdigest()[:16]
+    # surrogateescape: a file name that is not valid UTF-8 (PEP 383 surrogates) hashes as its own bytes
+    return hashlib.sha1("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]

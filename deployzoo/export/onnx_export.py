@@ -166,6 +166,10 @@ def check_onnx(path: str | Path) -> None:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
+    """The file's metadata_props. Raises BadInputError for a path that is not a regular file (a named pipe
+    would block the read), whatever onnx raises for a file it cannot parse."""
+    if not Path(path).is_file():
+        raise BadInputError(path, "not a regular file")
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
@@ -221,6 +225,8 @@ def inspect_onnx_file(path: str | Path) -> OnnxFileInfo:
         raise BadInputError(path, "model file not found")
     if path.is_dir():
         raise BadInputError(path, "expected an .onnx model file, found a directory")
+    if not path.is_file():  # a named pipe, socket or device: reading it could block forever
+        raise BadInputError(path, "not a regular file (a named pipe, socket or device); give an .onnx model file")
     size = path.stat().st_size
     if size == 0:
         raise BadInputError(path, "model file is empty (0 bytes)")
