@@ -556,7 +556,7 @@ def test_below_fp32_a_user_file_fixed_to_another_batch_is_refused_before_the_gua
 
     fixed = tmp_path / "b2.onnx"
     fixed.write_bytes(b"stand-in")
-    monkeypatch.setattr(deployzoo.cli, "_checked_onnx", lambda path, spec, command: spec)
+    monkeypatch.setattr(deployzoo.cli, "_checked_onnx", lambda path, spec, command, backend=None: spec)
     monkeypatch.setattr(deployzoo.engine, "load_model", _no_model)
     monkeypatch.setattr("deployzoo.onnx_batch.fixed_batch", lambda path: 2)
     out = tmp_path / "o"
