@@ -348,14 +348,15 @@ def _readable_sizes(paths: list[str]):
     return sizes
 
 
-def _refuse_unresizable(spec, images: list[str], skipped: list[dict[str, str]], skip_bad: bool | None
+def _refuse_unresizable(spec, sizes: dict[str, tuple[int, int]], skipped: list[dict[str, str]], skip_bad: bool | None
                         ) -> tuple[list[str], list[dict[str, str]]]:
     """Images whose size the model's resize makes 0 pixels on a side (an extreme aspect ratio) are named before
     anything is built, or with ``skip_bad`` left out (refused when nothing is left). ``skip_bad`` None: the
-    command has no --skip-bad."""
-    from deployzoo.fixed_size import header_sizes, unresizable
+    command has no --skip-bad. ``sizes``: each image's (H, W) from its header, by path, in order."""
+    from deployzoo.fixed_size import unresizable
 
-    bad = unresizable(spec, header_sizes(images))
+    images = list(sizes)
+    bad = unresizable(spec, sizes)
     if not bad:
         return images, skipped
     if not skip_bad or len(bad) == len(images):
@@ -369,16 +370,17 @@ def _refuse_unresizable(spec, images: list[str], skipped: list[dict[str, str]], 
     return [p for p in images if p not in left], skipped + bad
 
 
-def _fit_fixed_size(spec, args: argparse.Namespace, images: list[str], skipped: list[dict[str, str]]
+def _fit_fixed_size(spec, args: argparse.Namespace, sizes: dict[str, tuple[int, int]], skipped: list[dict[str, str]]
                     ) -> tuple[list[str], list[dict[str, str]]]:
     """An engine of one input size (pytorch-aoti, a .onnx with fixed height and width) meets only images that
     become that size: the others are refused, naming them, or with --skip-bad left out, before anything is built."""
-    from deployzoo.fixed_size import engine_input_hw, header_sizes, hint, misfits, needed_hw, refusal
+    from deployzoo.fixed_size import engine_input_hw, hint, misfits, needed_hw, refusal
 
+    images = list(sizes)
     fixed = engine_input_hw(spec, args.backend, args.batch, args.onnx)
     if fixed is None:
         return images, skipped
-    bad = misfits(spec, header_sizes(images), fixed, args.backend)
+    bad = misfits(spec, sizes, fixed, args.backend)
     if bad and len(bad) == len(images):  # --skip-bad or not: nothing to build the engine for
         raise DeployzooError(refusal(spec, args.backend, fixed, bad, len(images), skip_hint=False))
     if bad and not args.skip_bad:
@@ -449,6 +451,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from deployzoo.predictions import write_predictions
 
     from deployzoo.data.inputs import check_image_files, output_names
+    from deployzoo.fixed_size import header_sizes
 
     refuse_precision(args.backend, args.precision, args.auto_precisions)
     spec = _spec(args)
@@ -461,8 +464,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         images, skipped = check_image_files(args.images, skip_bad=args.skip_bad)
     except DeployzooError as exc:
         raise _with_misfits(exc, spec, args.backend, args.batch, args.onnx, _readable_sizes(args.images)) from None
-    images, skipped = _refuse_unresizable(spec, images, skipped, args.skip_bad)
-    images, skipped = _fit_fixed_size(spec, args, images, skipped)
+    sizes = header_sizes(images)  # read once for both checks below
+    images, skipped = _refuse_unresizable(spec, sizes, skipped, args.skip_bad)
+    images, skipped = _fit_fixed_size(spec, args, {p: sizes[p] for p in images}, skipped)
     for s in skipped:
         print(f"warning: skipped {s['path']}: {s['problem']}", file=sys.stderr)
     out = Path(args.out)
@@ -548,7 +552,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from deployzoo.fixed_size import refuse_misfits
 
         # Images the model cannot resize: named now; with --skip-bad skipped and listed at their turn.
-        _refuse_unresizable(spec, list(checked.sizes_by_path()), [], args.skip_bad)
+        _refuse_unresizable(spec, checked.sizes_by_path(), [], args.skip_bad)
         # With --skip-bad the run skips and lists each such image when its turn comes, unless none fits.
         refuse_misfits(spec, args.backend, checked.sizes_by_path(), args.batch, args.onnx, skip_hint=True,
                        skip_bad=args.skip_bad)
@@ -784,7 +788,9 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     precisions = _checked_names(args.precisions, "--precisions", list(PRECISIONS))
     if args.images:
         check_image_files(args.images, offers_skip_bad=False)  # every file, before any model or engine is built
-        _refuse_unresizable(spec, list(args.images), [], None)
+        from deployzoo.fixed_size import header_sizes
+
+        _refuse_unresizable(spec, header_sizes(args.images), [], None)
         items = items_from_paths(args.images)
         note = f"{len(items)} image file(s) given on the command line"
     else:
@@ -843,8 +849,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     items = _compare_items(spec, args, out, checked)
     from deployzoo.fixed_size import header_sizes, refuse_misfits
 
-    _refuse_unresizable(spec, [item.path for item in items], [], None)
-    refuse_misfits(spec, args.backend, header_sizes([item.path for item in items]), args.batch, args.onnx)
+    sizes = header_sizes([item.path for item in items])
+    _refuse_unresizable(spec, sizes, [], None)
+    refuse_misfits(spec, args.backend, sizes, args.batch, args.onnx)
     loaded = load_model(spec, args.checkpoint)
     _print_weights(loaded, args.verbose)
     precision, _ = _resolve_precision(args, spec, args.backend, out, loaded=loaded, onnx=args.onnx, data=args.data)
