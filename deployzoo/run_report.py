@@ -230,9 +230,9 @@ def accuracy_section(spec: Any, acc: dict[str, Any], count: int | None, images: 
     if stand_in and spec.task != "semantic-segmentation":
         lines += ["Why the per-class rows look odd: stand-in weights give every anchor a similar, meaningless "
                   "score, so the model keeps its maximum number of detections on every image, thousands per class "
-                  "over the set. With that many boxes nearly every ground-truth object is touched by one (recall "
-                  "near 100%) while almost all boxes are wrong (precision near 0), so AP stays low. Trained "
-                  "weights do not do this.", ""]
+                  "over the set. Almost all of those boxes are wrong (precision near 0), and whether a class's objects "
+                  "are found at all (its recall) depends on where its meaningless boxes happen to fall: some "
+                  "classes find many, others none. So AP stays low. Trained weights do not do this.", ""]
     elif stand_in:
         lines += ["Why the per-class rows look odd: with stand-in weights the predicted classes are arbitrary, so "
                   "most classes have an IoU near 0. Trained weights do not do this.", ""]

@@ -33,8 +33,9 @@ YARDSTICK = ("pytorch", "fp32")
 YARDSTICK_NOTE = (
     "The yardstick is deployzoo's eager PyTorch backend at fp32: the model run as plain PyTorch modules, which "
     "reproduces the original frameworks' outputs (see the model notes) and, for Cascade Mask R-CNN, ran within 1% "
-    "of detectron2's own DefaultPredictor time end to end (issue 15's side-by-side measurement). A ratio against it "
-    "therefore stands for one against running the original framework itself."
+    "of detectron2's own DefaultPredictor time end to end (issue 15's side-by-side measurement): for that model a "
+    "ratio against it stands for one against the original framework itself. For the other models its speed "
+    "relative to their framework's own code was not measured here."
 )
 STAGES = ("prepare", "infer", "postprocess")
 STAGE_TITLES = {"prepare": "decode+preprocess", "infer": "inference", "postprocess": "post-process"}
