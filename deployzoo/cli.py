@@ -301,7 +301,7 @@ def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str
     size, those it would refuse, so that one round shows every problem (else ``exc`` as it is). ``sizes``: a
     callable giving the readable images' {path: (H, W)} from their headers and the number of images asked for.
     ``skip_hint``: the command has --skip-bad."""
-    from deployzoo.fixed_size import engine_input_hw, misfits, refusal, unresizable
+    from deployzoo.fixed_size import engine_input_hw, misfits, refusal, unresizable, unresizable_text
 
     try:
         readable, total = sizes()
@@ -312,7 +312,7 @@ def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str
         return exc
     parts = []
     if unusable:
-        parts.append(_unresizable_text(unusable, total, offer=False))
+        parts.append(unresizable_text(unusable, total, offer=False))
     if bad:
         # --skip-bad helps only where some readable image is left: else it would refuse again, for these
         hint = skip_hint and len(bad) + len(unusable) < len(readable)
@@ -320,15 +320,6 @@ def _with_misfits(exc: DeployzooError, spec, backend: str, batch: int, onnx: str
     if not parts:
         return exc
     return DeployzooError(f"{exc}\nand besides, " + "\nand ".join(parts))
-
-
-def _unresizable_text(bad: list[dict[str, str]], total: int, offer: bool) -> str:
-    """The images (the first 10) that the model's resize makes 0 pixels on a side, as one sentence."""
-    listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
-    extra = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-    count = f"{len(bad)} of the {total} images {'does' if len(bad) == 1 else 'do'}" if total > 1 else "the image does"
-    hint = f"; --skip-bad leaves {'it' if len(bad) == 1 else 'them'} out" if offer else ""
-    return f"{count} not survive the model's resize, so nothing was built or run{hint}: {listed}{extra}"
 
 
 def _readable_sizes(paths: list[str]):
@@ -353,7 +344,7 @@ def _refuse_unresizable(spec, sizes: dict[str, tuple[int, int]], skipped: list[d
     """Images whose size the model's resize makes 0 pixels on a side (an extreme aspect ratio) are named before
     anything is built, or with ``skip_bad`` left out (refused when nothing is left). ``skip_bad`` None: the
     command has no --skip-bad. ``sizes``: each image's (H, W) from its header, by path, in order."""
-    from deployzoo.fixed_size import unresizable
+    from deployzoo.fixed_size import unresizable, unresizable_text
 
     images = list(sizes)
     bad = unresizable(spec, sizes)
@@ -365,7 +356,7 @@ def _refuse_unresizable(spec, sizes: dict[str, tuple[int, int]], skipped: list[d
         if len(bad) == 1:
             raise BadInputError(bad[0]["path"], bad[0]["problem"] + "; nothing was built or run" +
                                 (" (--skip-bad leaves it out)" if offer else ""))
-        raise DeployzooError(_unresizable_text(bad, len(images), offer))
+        raise DeployzooError(unresizable_text(bad, len(images), offer))
     left = {b["path"] for b in bad}
     return [p for p in images if p not in left], skipped + bad
 

@@ -169,12 +169,24 @@ def refusal(spec: ModelSpec, backend: str, fixed_hw: Sequence[int | None], bad: 
             skip_hint: bool = True) -> str:
     """One message naming the images (the first 10) that an engine of one input size cannot take, and what
     to do about it."""
-    listed = "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10])
-    more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
     skip = f"; --skip-bad leaves {'it' if len(bad) == 1 else 'them'} out" if skip_hint and len(bad) < total else ""
     count = f"{len(bad)} of the {total} images {'does' if len(bad) == 1 else 'do'}" if total > 1 else "the image does"
     return (f"{count} not fit the engine's input size{hint(spec, backend, fixed_hw, needed_hw(bad))}, so nothing "
-            f"was built or run{skip}: {listed}{more}")
+            f"was built or run{skip}: {listing(bad)}")
+
+
+def listing(bad: Sequence[dict]) -> str:
+    """The "path: problem" of the first 10 of ``bad``, then how many more there are."""
+    more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return "; ".join(f"{b['path']}: {b['problem']}" for b in bad[:10]) + more
+
+
+def unresizable_text(bad: Sequence[dict], total: int, offer: bool) -> str:
+    """The images (``unresizable``'s, the first 10) the model's resize makes 0 pixels on a side, as one sentence
+    of ``total`` images; ``offer``: say that --skip-bad leaves them out."""
+    count = f"{len(bad)} of the {total} images {'does' if len(bad) == 1 else 'do'}" if total > 1 else "the image does"
+    hint = f"; --skip-bad leaves {'it' if len(bad) == 1 else 'them'} out" if offer else ""
+    return f"{count} not survive the model's resize, so nothing was built or run{hint}: {listing(bad)}"
 
 
 def refuse_misfits(spec: ModelSpec, backend: str, image_sizes: Mapping[str, tuple[int, int]],
